@@ -1,0 +1,112 @@
+"""The servable folder: what a registered version resolves to and what serving loads.
+
+A bundle folder holds three files and needs nothing else:
+
+- ``model.onnx``: input ``[N, 784]`` float32 pixels in ``[0, 1]``, output ``[N, 10]``
+  softmax probabilities;
+- ``reference.npz``: the reference profile of held-out data for drift detection,
+  arrays ``features`` ``[M, F]`` (columns named by ``feature_names``, computed by
+  :mod:`mnistops.features`), ``probabilities`` ``[M, 10]`` and ``labels`` ``[M]``;
+- ``metadata.json``: name, version, run id, architecture and test accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ONNX_FILE = "model.onnx"
+REFERENCE_FILE = "reference.npz"
+METADATA_FILE = "metadata.json"
+BUNDLE_FILES = (ONNX_FILE, REFERENCE_FILE, METADATA_FILE)
+
+
+class BundleError(RuntimeError):
+    """A model folder is missing a file or holds a malformed one."""
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """Feature and softmax distributions of held-out data, for the drift tests."""
+
+    feature_names: tuple[str, ...]
+    features: np.ndarray
+    probabilities: np.ndarray
+    labels: np.ndarray
+
+    def save(self, path: Path) -> None:
+        """Write the profile as an ``.npz`` file."""
+        np.savez_compressed(
+            path,
+            feature_names=np.array(self.feature_names),
+            features=self.features.astype(np.float32),
+            probabilities=self.probabilities.astype(np.float32),
+            labels=self.labels.astype(np.int64),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> ReferenceProfile:
+        """Read a profile written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            return cls(
+                feature_names=tuple(str(n) for n in data["feature_names"]),
+                features=data["features"],
+                probabilities=data["probabilities"],
+                labels=data["labels"],
+            )
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A local servable folder and what its metadata says."""
+
+    path: Path
+    name: str
+    version: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / ONNX_FILE
+
+    @property
+    def reference_path(self) -> Path:
+        return self.path / REFERENCE_FILE
+
+    def reference(self) -> ReferenceProfile:
+        """Load the reference profile stored with this version."""
+        return ReferenceProfile.load(self.reference_path)
+
+
+def write_metadata(folder: Path, metadata: dict[str, Any]) -> None:
+    """Write ``metadata.json`` into a bundle folder."""
+    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+
+
+def load_bundle(folder: Path) -> ModelBundle:
+    """Open a bundle folder, checking that every file is there.
+
+    Raises:
+        BundleError: a file is missing or the metadata is not valid JSON.
+    """
+    folder = Path(folder)
+    missing = [name for name in BUNDLE_FILES if not (folder / name).is_file()]
+    if missing:
+        raise BundleError(
+            f"{folder} is not a model folder: missing {', '.join(missing)} "
+            f"(expected {', '.join(BUNDLE_FILES)}; `mnistops export` writes one)"
+        )
+    try:
+        metadata = json.loads((folder / METADATA_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{folder / METADATA_FILE} is not valid JSON: {exc}") from exc
+    return ModelBundle(
+        path=folder,
+        name=str(metadata.get("name", "mnist-classifier")),
+        version=str(metadata.get("version", "local")),
+        metadata=metadata,
+    )

@@ -1,0 +1,219 @@
+"""The `mnistops` command line: every command parses, calls one library function, prints."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mnistops.config import CHAMPION, DEFAULT_MODEL_URI, Settings, load_settings
+
+app = typer.Typer(
+    name="mnistops",
+    help="The whole life of a handwritten-digit classifier: data, training tracked in MLflow, "
+    "a registry with a quality gate, ONNX serving, monitoring. State lives in MNISTOPS_HOME "
+    "(default ./.mnistops).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Fetch and inspect the datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=1)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    source: Annotated[
+        Path | None,
+        typer.Option("--from", help="A folder holding the four MNIST IDX .gz files or mnist.npz."),
+    ] = None,
+) -> None:
+    """Fetch MNIST (verified by checksum and fingerprint) into the state folder's cache."""
+    from mnistops.data import DataError, fetch_mnist
+
+    try:
+        path = fetch_mnist(load_settings(), source)
+    except DataError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"MNIST ready: {path}")
+
+
+@data_app.command("info")
+def data_info() -> None:
+    """Show the cached datasets: sizes, fingerprint and label counts."""
+    import numpy as np
+
+    from mnistops.data import DataError, load_fashion, load_mnist
+
+    settings = load_settings()
+    try:
+        mnist = load_mnist(settings)
+    except DataError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"MNIST cache: {settings.data_dir}")
+    typer.echo(f"  train {mnist.x_train.shape} test {mnist.x_test.shape} dtype {mnist.x_train.dtype}")
+    typer.echo(f"  fingerprint {mnist.fingerprint()}")
+    typer.echo(f"  train label counts {np.bincount(mnist.y_train).tolist()}")
+    typer.echo(f"  test label counts  {np.bincount(mnist.y_test).tolist()}")
+    try:
+        fashion = load_fashion(settings)
+        typer.echo(f"Fashion-MNIST: {settings.fashion_dir} train {fashion.x_train.shape}")
+    except DataError as exc:
+        typer.echo(f"Fashion-MNIST: not available ({exc})")
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="Architecture: mlp (the lab's) or cnn.")] = "mlp",
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training data.")] = 5,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per gradient step.")] = 128,
+    learning_rate: Annotated[float, typer.Option(min=0.0, help="Adam's step size.")] = 1e-3,
+    validation_split: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Fraction of training data held out.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same accuracy).")] = 42,
+    limit: Annotated[
+        int | None, typer.Option(min=100, help="Train on the first N training images only.")
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment (default: mnist).")
+    ] = None,
+) -> None:
+    """Train a model, log the run to MLflow, register it and run the quality gate.
+
+    Killing it mid-training and running the same command again resumes from the last
+    completed epoch.
+    """
+    from mnistops.data import DataError
+    from mnistops.export import ExportError
+    from mnistops.model import MODELS
+    from mnistops.train import TrainError, TrainParams
+    from mnistops.train import train as run_training
+
+    if model not in MODELS:
+        raise typer.BadParameter(f"choose one of {', '.join(MODELS)}", param_hint="--model")
+    params = TrainParams(model, epochs, batch_size, learning_rate, validation_split, seed, limit)
+    try:
+        result = run_training(load_settings(), params, experiment=experiment)
+    except (DataError, TrainError, ExportError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"run {result.run_id}: test_accuracy={result.test_accuracy:.4f} "
+               f"version={result.version} alias={result.decision}")
+
+
+@app.command()
+def promote(version: Annotated[str, typer.Argument(help="Registered version to make champion.")]) -> None:
+    """Move the champion alias to VERSION by hand."""
+    from mnistops.registry import RegistryError
+    from mnistops.registry import promote as move
+
+    try:
+        typer.echo(move(load_settings(), version))
+    except RegistryError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
+def rollback() -> None:
+    """Move the champion alias back to the version it replaced."""
+    from mnistops.registry import RegistryError
+    from mnistops.registry import rollback as move_back
+
+    try:
+        typer.echo(move_back(load_settings()))
+    except RegistryError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
+def models() -> None:
+    """List the registered versions with their aliases, accuracy and gate decision."""
+    from mnistops.registry import list_versions
+
+    for line in list_versions(load_settings()):
+        typer.echo(line)
+
+
+@app.command()
+def export(
+    uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or a folder.")] = DEFAULT_MODEL_URI,
+    out: Annotated[Path, typer.Option(help="Folder to write model.onnx, reference.npz, metadata.json.")] = Path("model"),
+) -> None:
+    """Write a servable folder from a registry URI (what the container image bakes in)."""
+    from mnistops.bundle import BundleError
+    from mnistops.registry import RegistryError, export_bundle
+
+    try:
+        bundle = export_bundle(uri, load_settings(), out)
+    except (RegistryError, BundleError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"wrote {bundle.name} version {bundle.version} to {out}")
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Address the UI binds to.")] = "127.0.0.1",
+) -> None:
+    """Open the MLflow UI on the same store that training logs to."""
+    settings = load_settings()
+    mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    command = [mlflow_bin, "ui", "--backend-store-uri", settings.mlflow_tracking_uri,
+               "--host", host, "--port", str(port)]
+    if settings.tracking_uri is None:
+        command += ["--default-artifact-root", settings.mlflow_artifact_root]
+    typer.echo(f"MLflow UI on http://{host}:{port} (store {settings.mlflow_tracking_uri})")
+    raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
+def run() -> None:
+    """The main job: fetch MNIST if absent, train the lab's model if there is no champion,
+    then serve the champion."""
+    from mnistops.data import fetch_mnist
+    from mnistops.registry import RegistryError, current_version
+
+    settings = load_settings()
+    fetch_mnist(settings)
+    try:
+        version = current_version(settings.model_uri, settings)
+    except RegistryError:
+        version = None
+    if version is None and settings.model_uri.startswith("models:/"):
+        typer.echo(f"no {CHAMPION} yet: training the lab's model (mlp, 5 epochs, batch 128)")
+        train()
+    _serve(settings)
+
+
+def _serve(settings: Settings) -> None:
+    from mnistops.serve.server import serve
+
+    serve(settings)
+
+
+def _register_stage_commands() -> None:
+    from mnistops.monitor.commands import register as register_monitor
+    from mnistops.serve.commands import register as register_serve
+
+    register_serve(app)
+    register_monitor(app)
+
+
+_register_stage_commands()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

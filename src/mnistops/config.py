@@ -1,0 +1,131 @@
+"""Settings for every stage, read once at the edge from MNISTOPS_* variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path(".mnistops")
+REGISTERED_MODEL = "mnist-classifier"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION}"
+
+
+class Settings(BaseSettings):
+    """Everything mnistops can be told; `MNISTOPS_<FIELD>` sets a field."""
+
+    model_config = SettingsConfigDict(env_prefix="MNISTOPS_", extra="ignore")
+
+    # --- state -----------------------------------------------------------
+    home: Path = DEFAULT_HOME
+    """State folder: data cache, MLflow store, checkpoints, prediction log."""
+    tracking_uri: str | None = Field(default=None, validation_alias="MLFLOW_TRACKING_URI")
+    """MLflow tracking URI; default SQLite under `home` (artifacts on disk beside it)."""
+    registry_uri: str | None = Field(default=None, validation_alias="MLFLOW_REGISTRY_URI")
+    """MLflow registry URI; default the tracking URI."""
+    mnist_dir: Path | None = None
+    """A local folder holding MNIST as IDX .gz files or a Keras-style mnist.npz."""
+    fashion_dir: Path = Path("/usr/share/datasets/fashion-mnist")
+    """Folder holding the Fashion-MNIST IDX .gz files (Debian package dataset-fashion-mnist)."""
+
+    # --- training and registry ---------------------------------------------
+    experiment: str = "mnist"
+    """MLflow experiment that training runs are logged to."""
+    registered_model: str = REGISTERED_MODEL
+    """Name of the registered model every run adds a version to."""
+    accuracy_floor: float = Field(default=0.97, ge=0.0, le=1.0)
+    """The quality gate: a version below this test accuracy never becomes champion."""
+
+    # --- serving -----------------------------------------------------------
+    model_uri: str = DEFAULT_MODEL_URI
+    """What `serve` loads: models:/NAME@ALIAS, models:/NAME/VERSION or a local folder."""
+    host: str = "127.0.0.1"
+    """Address the server binds to."""
+    port: int = Field(default=8000, validation_alias="PORT")
+    """Port the server listens on (PORT, as Cloud Run sets it)."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted (413 above)."""
+    max_batch_images: int = 256
+    """Most images one request may carry."""
+    max_image_pixels: int = 40_000_000
+    """Largest decoded image, in pixels (decompression-bomb guard)."""
+    batching: bool = True
+    """Gather concurrent requests into one onnxruntime call."""
+    batch_max_size: int = 64
+    """Most images in one gathered onnxruntime call."""
+    batch_max_wait_ms: float = 1.0
+    """Longest a request waits for others to join its batch."""
+    intra_op_threads: int = 1
+    """onnxruntime threads per inference call."""
+    admin_token: str | None = None
+    """Bearer token for /admin routes; the routes are off when unset."""
+    reload_interval_s: float = 30.0
+    """How often the registry is polled for a moved alias (0 turns polling off)."""
+    grace_period_s: float = 10.0
+    """On SIGTERM, how long in-flight requests may take to finish."""
+
+    # --- monitoring --------------------------------------------------------
+    drift_window: int = 500
+    """Sliding window of recent predictions the drift tests look at."""
+    drift_check_every: int = 50
+    """Run the drift tests after this many new predictions."""
+    drift_alpha: float = 0.01
+    """Significance level of the drift verdict (after Bonferroni correction)."""
+    low_confidence: float = 0.6
+    """Predictions less confident than this are counted as low-confidence."""
+    prediction_log_url: str | None = None
+    """SQLAlchemy URL of the prediction log; default SQLite under `home`."""
+    prediction_log_images: bool = True
+    """Store the 28x28 input with each logged prediction."""
+    prediction_log_queue: int = 10_000
+    """Bounded queue between requests and the log writer; overflow is dropped and counted."""
+
+    @model_validator(mode="after")
+    def _absolute_home(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        return self
+
+    @property
+    def data_dir(self) -> Path:
+        """Cache of verified datasets."""
+        return self.home / "data"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Per-run training checkpoints, for resuming."""
+        return self.home / "checkpoints"
+
+    @property
+    def models_dir(self) -> Path:
+        """Local copies of registered model versions, resolved for serving."""
+        return self.home / "models"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """The tracking URI in force: configured, or SQLite under `home`."""
+        return self.tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        """Where a new experiment keeps artifacts in the embedded store."""
+        return (self.home / "mlartifacts").as_uri()
+
+    @property
+    def prediction_log(self) -> str:
+        """The prediction-log URL in force."""
+        return self.prediction_log_url or f"sqlite:///{self.home / 'predictions.db'}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, then apply explicit overrides."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def environment_has(name: str) -> bool:
+    """True when an environment variable is set and non-empty."""
+    return bool(os.environ.get(name))

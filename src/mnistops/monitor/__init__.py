@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus metrics, drift detection, prediction log, report, simulator."""

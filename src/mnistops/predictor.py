@@ -1,0 +1,60 @@
+"""Predictor: load an ONNX model once, predict many batches (onnxruntime only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mnistops.bundle import ModelBundle
+from mnistops.features import IMAGE_PIXELS, NUM_CLASSES
+
+
+class Predictor:
+    """An onnxruntime session over one model bundle.
+
+    ``predict`` takes float32 ``[N, 784]`` pixels in ``[0, 1]`` and returns float32
+    ``[N, 10]`` probabilities. It is safe to call from several threads at once.
+    """
+
+    def __init__(self, bundle: ModelBundle, *, intra_op_threads: int = 1) -> None:
+        self.bundle = bundle
+        self._threads = intra_op_threads
+        self._session: object | None = None
+        self._input_name = ""
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    def load(self) -> None:
+        """Create the inference session and run one warm-up batch."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(
+            str(self.bundle.onnx_path), options, providers=["CPUExecutionProvider"]
+        )
+        self._input_name = session.get_inputs()[0].name
+        self._session = session
+        self.predict(np.zeros((1, IMAGE_PIXELS), dtype=np.float32))
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities for a batch of images.
+
+        Args:
+            pixels: ``[N, 784]`` float32, values in ``[0, 1]``.
+
+        Returns:
+            ``[N, 10]`` float32 softmax probabilities.
+        """
+        if self._session is None:
+            raise RuntimeError("Predictor.load() must be called before predict()")
+        batch = np.ascontiguousarray(pixels, dtype=np.float32).reshape(-1, IMAGE_PIXELS)
+        (probs,) = self._session.run(None, {self._input_name: batch})  # type: ignore[attr-defined]
+        return np.asarray(probs, dtype=np.float32).reshape(-1, NUM_CLASSES)

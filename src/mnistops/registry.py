@@ -1,0 +1,237 @@
+"""The MLflow model registry: tracking setup, the quality gate, aliases, and resolving a
+model URI (alias, version or local folder) to a local servable bundle.
+
+MLflow is imported inside the functions, so importing this module costs nothing; the
+serving process only needs the light ``mlflow-skinny`` client, and only to resolve a
+registry URI.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnistops.bundle import BUNDLE_FILES, METADATA_FILE, ModelBundle, load_bundle
+from mnistops.config import CHALLENGER, CHAMPION, Settings
+
+TAG_DECISION = "gate.decision"
+TAG_REASON = "gate.reason"
+TAG_ACCURACY = "test_accuracy"
+TAG_PREVIOUS = "previous_champion"
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+
+
+class RegistryError(RuntimeError):
+    """A model URI cannot be resolved, or a registry operation is refused."""
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What the quality gate decided for a new version, and why."""
+
+    alias: str
+    reason: str
+
+    @property
+    def promoted(self) -> bool:
+        return self.alias == CHAMPION
+
+
+def setup_mlflow(settings: Settings) -> Any:
+    """Point MLflow at the configured store and return a client."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if settings.tracking_uri is None:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    if settings.registry_uri:
+        mlflow.set_registry_uri(settings.registry_uri)
+    return MlflowClient()
+
+
+def ensure_experiment(settings: Settings, name: str) -> str:
+    """The experiment's id, created (with artifacts under the state folder) if new."""
+    import mlflow
+
+    client = setup_mlflow(settings)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    location = settings.mlflow_artifact_root if settings.tracking_uri is None else None
+    return str(mlflow.create_experiment(name, artifact_location=location))
+
+
+def decide(accuracy: float, floor: float, champion_accuracy: float | None) -> GateDecision:
+    """The quality gate, a pure function: champion only if above the floor and no worse."""
+    if accuracy < floor:
+        return GateDecision(CHALLENGER, f"test accuracy {accuracy:.4f} is below the floor {floor:.4f}")
+    if champion_accuracy is not None and accuracy < champion_accuracy:
+        return GateDecision(
+            CHALLENGER,
+            f"test accuracy {accuracy:.4f} is below the champion's {champion_accuracy:.4f}",
+        )
+    against = "no champion yet" if champion_accuracy is None else (
+        f"champion had {champion_accuracy:.4f}"
+    )
+    return GateDecision(
+        CHAMPION, f"test accuracy {accuracy:.4f} clears the floor {floor:.4f} ({against})"
+    )
+
+
+def champion_accuracy(client: Any, name: str) -> float | None:
+    """The current champion's test accuracy, or None when there is no champion."""
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # noqa: BLE001 - MLflow raises a generic MlflowException for "no alias"
+        return None
+    value = version.tags.get(TAG_ACCURACY)
+    return float(value) if value is not None else None
+
+
+def gate(settings: Settings, version: str, accuracy: float) -> GateDecision:
+    """Run the quality gate on a registered version: set its alias and decision tags."""
+    client = setup_mlflow(settings)
+    name = settings.registered_model
+    client.set_model_version_tag(name, version, TAG_ACCURACY, f"{accuracy:.6f}")
+    decision = decide(accuracy, settings.accuracy_floor, champion_accuracy(client, name))
+    client.set_model_version_tag(name, version, TAG_DECISION, decision.alias)
+    client.set_model_version_tag(name, version, TAG_REASON, decision.reason)
+    if decision.promoted:
+        _move_champion(client, name, version)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    return decision
+
+
+def _move_champion(client: Any, name: str, version: str) -> None:
+    try:
+        previous = client.get_model_version_by_alias(name, CHAMPION).version
+    except Exception:  # noqa: BLE001 - no champion yet
+        previous = None
+    if previous is not None and str(previous) != str(version):
+        client.set_model_version_tag(name, version, TAG_PREVIOUS, str(previous))
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def promote(settings: Settings, version: str) -> str:
+    """Move ``champion`` to ``version`` by hand; returns a sentence saying what happened."""
+    client = setup_mlflow(settings)
+    name = settings.registered_model
+    try:
+        client.get_model_version(name, version)
+    except Exception as exc:
+        raise RegistryError(f"{name} has no version {version}") from exc
+    _move_champion(client, name, version)
+    return f"{name} version {version} is now {CHAMPION}"
+
+
+def rollback(settings: Settings) -> str:
+    """Move ``champion`` back to the version it replaced."""
+    client = setup_mlflow(settings)
+    name = settings.registered_model
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except Exception as exc:
+        raise RegistryError(f"{name} has no {CHAMPION} to roll back") from exc
+    previous = current.tags.get(TAG_PREVIOUS)
+    if not previous:
+        raise RegistryError(
+            f"{name} version {current.version} replaced no earlier {CHAMPION}; "
+            "use `mnistops promote VERSION` to choose one"
+        )
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    return f"{CHAMPION} rolled back from version {current.version} to version {previous}"
+
+
+def current_version(uri: str, settings: Settings) -> str | None:
+    """The version a ``models:/`` URI points at now; None for a local folder. Cheap."""
+    match = _MODELS_URI.match(uri)
+    if match is None:
+        return None
+    if match["version"]:
+        return match["version"]
+    client = setup_mlflow(settings)
+    try:
+        return str(client.get_model_version_by_alias(match["name"], match["alias"]).version)
+    except Exception as exc:
+        raise RegistryError(f"{match['name']} has no alias @{match['alias']}") from exc
+
+
+def resolve(uri_or_path: str, settings: Settings) -> ModelBundle:
+    """Turn ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a folder into a local bundle.
+
+    Registry versions are downloaded once into ``settings.models_dir/NAME/VERSION``.
+
+    Raises:
+        RegistryError: the URI names nothing, or the version holds no servable files.
+    """
+    match = _MODELS_URI.match(uri_or_path)
+    if match is None:
+        if uri_or_path.startswith("models:/"):
+            raise RegistryError(
+                f"cannot parse {uri_or_path!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION"
+            )
+        return load_bundle(Path(uri_or_path))
+    name = match["name"]
+    version = current_version(uri_or_path, settings)
+    assert version is not None
+    target = settings.models_dir / name / version
+    if not target.is_dir():
+        _download_version(settings, name, version, target)
+    return load_bundle(target)
+
+
+def _download_version(settings: Settings, name: str, version: str, target: Path) -> None:
+    import json
+
+    import mlflow
+
+    setup_mlflow(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp))
+        except Exception as exc:
+            raise RegistryError(f"cannot download models:/{name}/{version}: {exc}") from exc
+        missing = [f for f in BUNDLE_FILES if not (local / f).is_file()]
+        if missing:
+            raise RegistryError(f"models:/{name}/{version} holds no servable files ({missing})")
+        staged = Path(tmp) / "bundle"
+        staged.mkdir()
+        for file in BUNDLE_FILES:
+            shutil.copy2(local / file, staged / file)
+        metadata = json.loads((staged / METADATA_FILE).read_text())
+        metadata.update(name=name, version=version)
+        (staged / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        staged.replace(target)
+
+
+def export_bundle(uri_or_path: str, settings: Settings, out: Path) -> ModelBundle:
+    """Write a servable folder (model.onnx, reference.npz, metadata.json) to ``out``."""
+    bundle = resolve(uri_or_path, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    for file in BUNDLE_FILES:
+        shutil.copy2(bundle.path / file, out / file)
+    return load_bundle(out)
+
+
+def list_versions(settings: Settings) -> list[str]:
+    """One line per registered version: number, aliases, accuracy, gate decision."""
+    client = setup_mlflow(settings)
+    name = settings.registered_model
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except Exception as exc:  # noqa: BLE001 - an empty store has no table yet
+        return [f"no versions of {name} ({exc})"]
+    lines = []
+    for found in sorted(versions, key=lambda v: int(v.version)):
+        v = client.get_model_version(name, found.version)  # search results omit aliases
+        aliases = ",".join(f"@{a}" for a in getattr(v, "aliases", []) or []) or "-"
+        lines.append(f"{name} v{v.version}  {aliases:24}  test_accuracy="
+                     f"{v.tags.get(TAG_ACCURACY, '?')}  {v.tags.get(TAG_REASON, '')}")
+    return lines or [f"no versions of {name}"]

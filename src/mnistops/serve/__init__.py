@@ -1,0 +1,1 @@
+"""HTTP serving: app factory, routes, schemas, micro-batching and the draw-a-digit page."""

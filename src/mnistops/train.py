@@ -1,0 +1,318 @@
+"""Training: one MLflow run per call; resumable, seeded; ends registered and gated.
+
+``train(settings, params)`` is a plain function (the CLI only wraps it): it fits the
+model with per-epoch checkpoints, evaluates it on the test set, exports it to ONNX
+with a parity check, computes the reference profile for drift detection, logs it all
+to MLflow, registers a new version of the registered model, and runs the quality gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnistops.bundle import ONNX_FILE, REFERENCE_FILE, ReferenceProfile, write_metadata
+from mnistops.config import Settings
+from mnistops.evaluate import evaluate, plot_confusion, plot_learning_curves, plot_misclassified
+from mnistops.export import export_onnx, onnx_probabilities
+from mnistops.features import FEATURE_NAMES, IMAGE_PIXELS, image_features
+
+DEFAULT_BACKEND = "jax"
+"""Measured fastest for the lab recipe on CPU (README: "Why JAX")."""
+PARITY_IMAGES = 2000
+PARITY_TOLERANCE = 1e-4
+STATE_FILE = "state.json"
+CHECKPOINT_FILE = "model.keras"
+SERVE_REQUIREMENTS = ["keras", "jax", "numpy"]
+
+
+class TrainError(RuntimeError):
+    """Training finished but its model must not be registered (e.g. failed ONNX parity)."""
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The hyperparameters of one run (every field is logged as an MLflow param)."""
+
+    model: str = "mlp"
+    epochs: int = 5
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    validation_split: float = 0.1
+    seed: int = 42
+    limit: int | None = None
+
+    def key(self, extra: str = "") -> str:
+        """A short id of these params (and extra data), naming the checkpoint folder."""
+        text = json.dumps(asdict(self), sort_keys=True) + extra
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced and what the gate decided."""
+
+    run_id: str
+    version: str
+    test_accuracy: float
+    decision: str
+    reason: str
+    bundle_path: Path
+    fit_seconds: float
+    resumed_from: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _prepare(images: np.ndarray) -> np.ndarray:
+    """Pixels as the model sees them: float32 [N, 784] in [0, 1] (the lab's / 255)."""
+    return images.reshape(-1, IMAGE_PIXELS).astype(np.float32) / np.float32(255.0)
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def train(
+    settings: Settings,
+    params: TrainParams,
+    *,
+    extra_train: tuple[np.ndarray, np.ndarray] | None = None,
+    tags: dict[str, str] | None = None,
+    experiment: str | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train, evaluate, export, log, register and gate one model.
+
+    Args:
+        settings: where the data, MLflow store and checkpoints live.
+        params: the hyperparameters.
+        extra_train: more training images (uint8 ``[K, 28, 28]``) and labels, appended
+            to the MNIST training set (retraining on feedback-labelled traffic).
+        tags: extra MLflow run tags.
+        experiment: MLflow experiment name (default ``settings.experiment``).
+        log: where progress sentences go.
+
+    Raises:
+        TrainError: the ONNX export does not match the Keras model.
+    """
+    os.environ.setdefault("KERAS_BACKEND", DEFAULT_BACKEND)
+    import keras
+    import mlflow
+
+    from mnistops.data import load_mnist
+    from mnistops.registry import ensure_experiment, gate
+
+    data = load_mnist(settings)
+    x_all, y_all = data.x_train, data.y_train
+    if params.limit:
+        x_all, y_all = x_all[: params.limit], y_all[: params.limit]
+    extra_key = ""
+    if extra_train is not None and len(extra_train[0]):
+        x_all = np.concatenate([x_all, extra_train[0].astype(np.uint8)])
+        y_all = np.concatenate([y_all, extra_train[1].astype(np.uint8)])
+        extra_key = hashlib.sha256(extra_train[0].tobytes()).hexdigest()
+    x_all, y_all = _prepare(x_all), y_all.astype(np.int64)
+    n_val = int(len(x_all) * params.validation_split)
+    split = len(x_all) - n_val  # Keras' validation_split holds out the last fraction too
+    x_fit, y_fit, x_val, y_val = x_all[:split], y_all[:split], x_all[split:], y_all[split:]
+    x_test, y_test = _prepare(data.x_test), data.y_test.astype(np.int64)
+
+    checkpoint = settings.checkpoint_dir / params.key(extra_key)
+    state = _load_state(checkpoint)
+    keras.utils.set_random_seed(params.seed)
+    if state:
+        model = keras.saving.load_model(checkpoint / CHECKPOINT_FILE)
+        log(f"Resuming run {state['run_id']} from epoch {state['epoch'] + 1} "
+            f"({state['epoch']} of {params.epochs} epochs already done)")
+    else:
+        from mnistops.model import build_model
+
+        model = build_model(params.model, params.learning_rate)
+
+    experiment_id = ensure_experiment(settings, experiment or settings.experiment)
+    run_id = state["run_id"] if state else None
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id) as run:
+        if not state:
+            _log_start(params, data.fingerprint(), len(x_fit), tags)
+            state = {"run_id": run.info.run_id, "epoch": 0, "history": {}, "fit_seconds": 0.0}
+        resumed_from = int(state["epoch"])
+        fit_seconds = _fit(model, params, (x_fit, y_fit), (x_val, y_val), checkpoint, state)
+        mlflow.log_metric("fit_seconds", fit_seconds)
+        log(f"fit took {fit_seconds:.1f} s")
+
+        test_probs = model.predict(x_test, batch_size=1024, verbose=0)
+        scores = evaluate(test_probs, y_test)
+        mlflow.log_metrics(scores.metrics())
+        log(f"test accuracy {scores.accuracy:.4f}, test loss {scores.loss:.4f}, ECE {scores.ece:.4f}")
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            _log_plots(work, state["history"], scores, data.x_test, y_test, test_probs)
+            bundle = work / "bundle"
+            bundle.mkdir()
+            diff = _export_and_check(model, work, bundle, x_test, test_probs)
+            log(f"ONNX parity: max |ONNX - Keras| = {diff:.2e} on {PARITY_IMAGES} test images")
+            _write_reference(bundle, x_val, y_val)
+            write_metadata(bundle, {
+                "name": settings.registered_model, "run_id": run.info.run_id,
+                "model": params.model, "test_accuracy": scores.accuracy,
+                "input": {"name": "pixels", "shape": [-1, IMAGE_PIXELS], "dtype": "float32"},
+                "output": {"name": "probabilities", "shape": [-1, 10], "dtype": "float32"},
+                "feature_names": list(FEATURE_NAMES), "params": asdict(params),
+            })
+            version = _log_and_register(settings, model, x_test[:5], bundle)
+            kept = settings.models_dir / settings.registered_model / version
+            if not kept.exists():
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(bundle, kept)
+                meta = json.loads((kept / "metadata.json").read_text())
+                write_metadata(kept, {**meta, "version": version})
+        decision = gate(settings, version, scores.accuracy)
+        mlflow.set_tags({"registered_version": version, "gate.decision": decision.alias})
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    log(f"registered {settings.registered_model} version {version}: {decision.alias} "
+        f"({decision.reason})")
+    return TrainResult(
+        run_id=run.info.run_id, version=version, test_accuracy=scores.accuracy,
+        decision=decision.alias, reason=decision.reason, bundle_path=kept,
+        fit_seconds=fit_seconds, resumed_from=resumed_from, metrics=scores.metrics(),
+    )
+
+
+def _log_start(params: TrainParams, fingerprint: str, n_fit: int, tags: dict[str, str] | None) -> None:
+    import keras
+    import mlflow
+
+    mlflow.log_params({**asdict(params), "limit": params.limit or "none"})
+    run_tags = {
+        "keras_version": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "data_fingerprint": fingerprint,
+        "train_images": str(n_fit),
+        **(tags or {}),
+    }
+    commit = _git_commit()
+    if commit:
+        run_tags["git_commit"] = commit
+    mlflow.set_tags(run_tags)
+
+
+def _fit(
+    model: Any,
+    params: TrainParams,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    checkpoint: Path,
+    state: dict[str, Any],
+) -> float:
+    """Fit from the last completed epoch, checkpointing and logging after each epoch."""
+    import keras
+    import mlflow
+
+    class EpochEnd(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            state["fit_seconds"] += time.perf_counter() - self.started
+            values = {k: float(v) for k, v in (logs or {}).items()}
+            mlflow.log_metrics(values, step=epoch + 1)
+            for name, value in values.items():
+                state["history"].setdefault(name, []).append(value)
+            state["epoch"] = epoch + 1
+            _save_state(checkpoint, model, state)
+
+    if state["epoch"] < params.epochs:
+        model.fit(
+            train[0], train[1], validation_data=val, epochs=params.epochs,
+            initial_epoch=state["epoch"], batch_size=params.batch_size,
+            callbacks=[EpochEnd()], verbose=1 if os.isatty(1) else 2,
+        )
+    return float(state["fit_seconds"])
+
+
+def _load_state(checkpoint: Path) -> dict[str, Any] | None:
+    if (checkpoint / STATE_FILE).is_file() and (checkpoint / CHECKPOINT_FILE).is_file():
+        loaded: dict[str, Any] = json.loads((checkpoint / STATE_FILE).read_text())
+        return loaded
+    return None
+
+
+def _save_state(checkpoint: Path, model: Any, state: dict[str, Any]) -> None:
+    """Write model then state, each atomically, so a kill leaves a consistent pair."""
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    partial = checkpoint / f"partial-{CHECKPOINT_FILE}"
+    model.save(partial)
+    partial.replace(checkpoint / CHECKPOINT_FILE)
+    tmp = checkpoint / f"{STATE_FILE}.partial"
+    tmp.write_text(json.dumps(state))
+    tmp.replace(checkpoint / STATE_FILE)
+
+
+def _log_plots(work: Path, history: dict[str, list[float]], scores: Any,
+               images: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> None:
+    import mlflow
+
+    plots = work / "plots"
+    plots.mkdir()
+    plot_confusion(scores.confusion, plots / "confusion_matrix.png")
+    plot_learning_curves(history, plots / "learning_curves.png")
+    plot_misclassified(images, labels, probs, plots / "misclassified.png")
+    (plots / "classification_report.json").write_text(json.dumps(scores.report, indent=2))
+    mlflow.log_artifacts(str(plots), artifact_path="evaluation")
+
+
+def _export_and_check(model: Any, work: Path, bundle: Path, x_test: np.ndarray,
+                      test_probs: np.ndarray) -> float:
+    import mlflow
+
+    keras_path = work / CHECKPOINT_FILE
+    model.save(keras_path)
+    export_onnx(keras_path, bundle / ONNX_FILE)
+    onnx_probs = onnx_probabilities(bundle / ONNX_FILE, x_test[:PARITY_IMAGES])
+    diff = float(np.max(np.abs(onnx_probs - test_probs[:PARITY_IMAGES])))
+    mlflow.log_metric("onnx_max_abs_diff", diff)
+    if not diff <= PARITY_TOLERANCE:
+        raise TrainError(f"ONNX export differs from Keras by {diff:.2e} (> {PARITY_TOLERANCE})")
+    return diff
+
+
+def _write_reference(bundle: Path, x_val: np.ndarray, y_val: np.ndarray) -> None:
+    """The drift reference: features and ONNX softmax outputs on held-out images."""
+    ReferenceProfile(
+        feature_names=FEATURE_NAMES,
+        features=image_features(x_val),
+        probabilities=onnx_probabilities(bundle / ONNX_FILE, x_val),
+        labels=y_val,
+    ).save(bundle / REFERENCE_FILE)
+
+
+def _log_and_register(settings: Settings, model: Any, example: np.ndarray, bundle: Path) -> str:
+    """Log the Keras model with its ONNX export and reference profile; register it."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    info = mlflow.keras.log_model(
+        model, name="model", signature=signature, pip_requirements=SERVE_REQUIREMENTS
+    )
+    client = mlflow.MlflowClient()
+    client.log_model_artifacts(info.model_id, str(bundle))
+    registered = mlflow.register_model(info.model_uri, settings.registered_model)
+    return str(registered.version)

@@ -79,7 +79,7 @@ def train(
     validation_split: Annotated[
         float, typer.Option(min=0.0, max=0.9, help="Fraction of training data held out.")
     ] = 0.1,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same accuracy).")] = 42,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same accuracy).")] = 0,
     limit: Annotated[
         int | None, typer.Option(min=100, help="Train on the first N training images only.")
     ] = None,

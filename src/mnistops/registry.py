@@ -8,6 +8,7 @@ registry URI.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ TAG_DECISION = "gate.decision"
 TAG_REASON = "gate.reason"
 TAG_ACCURACY = "test_accuracy"
 TAG_PREVIOUS = "previous_champion"
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
@@ -48,9 +50,16 @@ def setup_mlflow(settings: Settings) -> Any:
 
     if settings.tracking_uri is None:
         settings.home.mkdir(parents=True, exist_ok=True)
+    # MLflow also writes these URIs into os.environ, where the next Settings() would read
+    # them as configuration: keep the environment as the user set it.
+    saved = {k: os.environ.get(k) for k in _MLFLOW_ENV}
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    if settings.registry_uri:
-        mlflow.set_registry_uri(settings.registry_uri)
+    mlflow.set_registry_uri(settings.registry_uri or settings.mlflow_tracking_uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     return MlflowClient()
 
 

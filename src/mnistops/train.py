@@ -50,7 +50,7 @@ class TrainParams:
     batch_size: int = 128
     learning_rate: float = 1e-3
     validation_split: float = 0.1
-    seed: int = 42
+    seed: int = 0
     limit: int | None = None
 
     def key(self, extra: str = "") -> str:

@@ -1,0 +1,139 @@
+"""Training into a real (temporary, SQLite) MLflow store: the run, registry, resume, seeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnistops.config import Settings
+from mnistops.train import TrainParams, train
+
+pytestmark = pytest.mark.integration
+
+PARAMS = ("model", "epochs", "batch_size", "learning_rate", "validation_split", "seed", "limit")
+
+
+def _client(settings: Settings):  # type: ignore[no-untyped-def]
+    from mnistops.registry import setup_mlflow
+
+    return setup_mlflow(settings)
+
+
+def _latest_run(settings: Settings):  # type: ignore[no-untyped-def]
+    client = _client(settings)
+    experiment = client.get_experiment_by_name(settings.experiment)
+    return client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])[0]
+
+
+def test_run_logs_params_metrics_and_artifacts(trained_settings: Settings) -> None:
+    run = _latest_run(trained_settings)
+    assert set(PARAMS) <= set(run.data.params)
+    assert run.data.params["limit"] == "12000" and run.data.params["epochs"] == "2"
+    for key in ("test_accuracy", "test_loss", "ece", "onnx_max_abs_diff", "f1_7", "recall_3"):
+        assert key in run.data.metrics
+    assert run.data.metrics["onnx_max_abs_diff"] <= 1e-4
+    assert run.data.metrics["test_accuracy"] > 0.85
+    tags = run.data.tags
+    assert tags["keras_backend"] == "jax" and tags["keras_version"].startswith("3.")
+    assert len(tags["data_fingerprint"]) == 64
+    client = _client(trained_settings)
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert artifacts == {f"evaluation/{n}" for n in (
+        "confusion_matrix.png", "learning_curves.png", "misclassified.png",
+        "classification_report.json")}
+
+
+def test_registered_version_holds_onnx_and_reference(trained_settings: Settings, trained_bundle, mnist) -> None:  # type: ignore[no-untyped-def]
+    from mnistops.export import onnx_probabilities
+    from mnistops.features import FEATURE_NAMES
+
+    assert trained_bundle.version == "1"
+    reference = trained_bundle.reference()
+    assert reference.feature_names == FEATURE_NAMES
+    assert reference.features.shape == (1200, len(FEATURE_NAMES))
+    assert reference.probabilities.shape == (1200, 10)
+    pixels = mnist.x_test[:500].reshape(500, 784).astype(np.float32) / 255
+    accuracy = (onnx_probabilities(trained_bundle.onnx_path, pixels).argmax(1) == mnist.y_test[:500]).mean()
+    assert accuracy > 0.85
+
+
+@pytest.fixture(scope="module")
+def two_seeded_runs(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path):  # type: ignore[no-untyped-def]
+    """The same params trained twice into one store: first with a low floor, then a high one."""
+    home = tmp_path_factory.mktemp("two-runs")
+    params = TrainParams(epochs=1, limit=3000, seed=7)
+    low = Settings(home=home, mnist_dir=mnist_dir, accuracy_floor=0.5)
+    first = train(low, params, log=lambda _: None)
+    high = low.model_copy(update={"accuracy_floor": 0.999})
+    second = train(high, params, log=lambda _: None)
+    return high, first, second
+
+
+def test_same_seed_gives_same_accuracy(two_seeded_runs) -> None:  # type: ignore[no-untyped-def]
+    _, first, second = two_seeded_runs
+    assert abs(first.test_accuracy - second.test_accuracy) <= 0.001
+    assert first.run_id != second.run_id
+
+
+def test_gate_keeps_champion_and_tags_the_decision(two_seeded_runs) -> None:  # type: ignore[no-untyped-def]
+    from mnistops.registry import promote, rollback
+
+    settings, first, second = two_seeded_runs
+    assert (first.version, first.decision) == ("1", "champion")
+    assert second.decision == "challenger" and "below the floor" in second.reason
+    client = _client(settings)
+
+    def alias(name: str) -> str:
+        return str(client.get_model_version_by_alias("mnist-classifier", name).version)
+
+    assert client.get_model_version("mnist-classifier", "2").tags["gate.decision"] == "challenger"
+    assert (alias("challenger"), alias("champion")) == ("2", "1")
+    promote(settings, "2")
+    assert alias("champion") == "2"
+    assert "back from version 2 to version 1" in rollback(settings)
+    assert alias("champion") == "1"
+
+
+def test_killed_training_resumes_from_last_epoch(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings()
+    env = {**os.environ, "MNISTOPS_HOME": str(settings.home),
+           "MNISTOPS_MNIST_DIR": str(settings.mnist_dir)}
+    command = [sys.executable, "-m", "mnistops.cli", "train", "--epochs", "6", "--limit", "20000"]
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    states = settings.checkpoint_dir
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            found = list(states.glob("*/state.json"))
+            if found and json.loads(found[0].read_text())["epoch"] >= 1:
+                break
+            assert child.poll() is None, "training ended before it could be killed"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(30)
+    killed_at = json.loads(found[0].read_text())
+    assert 1 <= killed_at["epoch"] < 6
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Resuming run {killed_at['run_id']} from epoch {killed_at['epoch'] + 1}" in done.stdout
+    client = _client(settings)
+    history = client.get_metric_history(killed_at["run_id"], "accuracy")
+    assert sorted({m.step for m in history}) == [1, 2, 3, 4, 5, 6]
+    assert not list(states.glob("*/state.json")), "checkpoint kept after a finished run"
+
+
+@pytest.mark.slow
+def test_lab_recipe_reaches_lab_accuracy(make_settings) -> None:  # type: ignore[no-untyped-def]
+    result = train(make_settings(), TrainParams(), log=lambda _: None)
+    assert result.test_accuracy >= 0.978

@@ -22,8 +22,11 @@ _FOREIGN_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PORT")
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_environment() -> Iterator[None]:
     """Tests never talk to a user's tracking server or state folder."""
-    saved = {k: os.environ.pop(k) for k in list(os.environ)
-             if k in _FOREIGN_ENV or k.startswith("MNISTOPS_")}
+    saved = {
+        k: os.environ.pop(k)
+        for k in list(os.environ)
+        if k in _FOREIGN_ENV or k.startswith("MNISTOPS_")
+    }
     os.environ.setdefault("KERAS_BACKEND", "jax")
     yield
     os.environ.update(saved)

@@ -59,7 +59,9 @@ def data_info() -> None:
     except DataError as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"MNIST cache: {settings.data_dir}")
-    typer.echo(f"  train {mnist.x_train.shape} test {mnist.x_test.shape} dtype {mnist.x_train.dtype}")
+    typer.echo(
+        f"  train {mnist.x_train.shape} test {mnist.x_test.shape} dtype {mnist.x_train.dtype}"
+    )
     typer.echo(f"  fingerprint {mnist.fingerprint()}")
     typer.echo(f"  train label counts {np.bincount(mnist.y_train).tolist()}")
     typer.echo(f"  test label counts  {np.bincount(mnist.y_test).tolist()}")
@@ -105,12 +107,16 @@ def train(
         result = run_training(load_settings(), params, experiment=experiment)
     except (DataError, TrainError, ExportError) as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(f"run {result.run_id}: test_accuracy={result.test_accuracy:.4f} "
-               f"version={result.version} alias={result.decision}")
+    typer.echo(
+        f"run {result.run_id}: test_accuracy={result.test_accuracy:.4f} "
+        f"version={result.version} alias={result.decision}"
+    )
 
 
 @app.command()
-def promote(version: Annotated[str, typer.Argument(help="Registered version to make champion.")]) -> None:
+def promote(
+    version: Annotated[str, typer.Argument(help="Registered version to make champion.")],
+) -> None:
     """Move the champion alias to VERSION by hand."""
     from mnistops.registry import RegistryError
     from mnistops.registry import promote as move
@@ -144,8 +150,12 @@ def models() -> None:
 
 @app.command()
 def export(
-    uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or a folder.")] = DEFAULT_MODEL_URI,
-    out: Annotated[Path, typer.Option(help="Folder to write model.onnx, reference.npz, metadata.json.")] = Path("model"),
+    uri: Annotated[
+        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or a folder.")
+    ] = DEFAULT_MODEL_URI,
+    out: Annotated[
+        Path, typer.Option(help="Folder to write model.onnx, reference.npz, metadata.json.")
+    ] = Path("model"),
 ) -> None:
     """Write a servable folder from a registry URI (what the container image bakes in)."""
     from mnistops.bundle import BundleError
@@ -166,8 +176,16 @@ def ui(
     """Open the MLflow UI on the same store that training logs to."""
     settings = load_settings()
     mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
-    command = [mlflow_bin, "ui", "--backend-store-uri", settings.mlflow_tracking_uri,
-               "--host", host, "--port", str(port)]
+    command = [
+        mlflow_bin,
+        "ui",
+        "--backend-store-uri",
+        settings.mlflow_tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     if settings.tracking_uri is None:
         command += ["--default-artifact-root", settings.mlflow_artifact_root]
     typer.echo(f"MLflow UI on http://{host}:{port} (store {settings.mlflow_tracking_uri})")

@@ -136,7 +136,7 @@ def _from_pickle(raw: bytes) -> Mnist:
     """Turn the checked ``mnist.pkl.gz`` bytes into uint8 arrays (pixels are uint8 / 256)."""
     if hashlib.sha256(raw).hexdigest() != WHEEL_MEMBER_SHA256:
         raise DataError(f"{WHEEL_MEMBER}: checksum mismatch, refusing to unpickle it")
-    (xt, yt), (xv, yv), (xs, ys) = pickle.loads(gzip.decompress(raw), encoding="latin1")  # noqa: S301 - sha256 checked above
+    (xt, yt), (xv, yv), (xs, ys) = pickle.loads(gzip.decompress(raw), encoding="latin1")
 
     def to_bytes(x: np.ndarray) -> np.ndarray:
         return np.round(np.asarray(x) * 256).astype(np.uint8).reshape(-1, 28, 28)
@@ -164,7 +164,7 @@ def _from_wheel() -> Mnist:
 def _download(url: str, progress: bool = True) -> bytes:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - fixed https URLs
+    with urllib.request.urlopen(url, timeout=30) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
         buffer = io.BytesIO()
         columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
@@ -213,7 +213,9 @@ def sources(settings: Settings, local: Path | None = None) -> list[tuple[str, Ca
     return found
 
 
-def fetch_mnist(settings: Settings, local: Path | None = None, *, log: Callable[[str], None] = print) -> Path:
+def fetch_mnist(
+    settings: Settings, local: Path | None = None, *, log: Callable[[str], None] = print
+) -> Path:
     """Make sure the verified MNIST cache exists; return its path.
 
     Raises:
@@ -236,8 +238,13 @@ def fetch_mnist(settings: Settings, local: Path | None = None, *, log: Callable[
             continue
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(".partial.npz")
-        np.savez(partial, x_train=data.x_train, y_train=data.y_train,
-                 x_test=data.x_test, y_test=data.y_test)
+        np.savez(
+            partial,
+            x_train=data.x_train,
+            y_train=data.y_train,
+            x_test=data.x_test,
+            y_test=data.y_test,
+        )
         partial.replace(cache)
         log(f"MNIST verified (fingerprint {MNIST_FINGERPRINT[:12]}) and cached at {cache}")
         return cache

@@ -35,7 +35,9 @@ class Evaluation:
         return flat
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+def expected_calibration_error(
+    probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+) -> float:
     """ECE: mean |accuracy - confidence| over equal-width confidence bins, weighted by size."""
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels

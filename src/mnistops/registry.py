@@ -78,14 +78,18 @@ def ensure_experiment(settings: Settings, name: str) -> str:
 def decide(accuracy: float, floor: float, champion_accuracy: float | None) -> GateDecision:
     """The quality gate, a pure function: champion only if above the floor and no worse."""
     if accuracy < floor:
-        return GateDecision(CHALLENGER, f"test accuracy {accuracy:.4f} is below the floor {floor:.4f}")
+        return GateDecision(
+            CHALLENGER, f"test accuracy {accuracy:.4f} is below the floor {floor:.4f}"
+        )
     if champion_accuracy is not None and accuracy < champion_accuracy:
         return GateDecision(
             CHALLENGER,
             f"test accuracy {accuracy:.4f} is below the champion's {champion_accuracy:.4f}",
         )
-    against = "no champion yet" if champion_accuracy is None else (
-        f"champion had {champion_accuracy:.4f}"
+    against = (
+        "no champion yet"
+        if champion_accuracy is None
+        else (f"champion had {champion_accuracy:.4f}")
     )
     return GateDecision(
         CHAMPION, f"test accuracy {accuracy:.4f} clears the floor {floor:.4f} ({against})"
@@ -96,7 +100,7 @@ def champion_accuracy(client: Any, name: str) -> float | None:
     """The current champion's test accuracy, or None when there is no champion."""
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
-    except Exception:  # noqa: BLE001 - MLflow raises a generic MlflowException for "no alias"
+    except Exception:
         return None
     value = version.tags.get(TAG_ACCURACY)
     return float(value) if value is not None else None
@@ -120,7 +124,7 @@ def gate(settings: Settings, version: str, accuracy: float) -> GateDecision:
 def _move_champion(client: Any, name: str, version: str) -> None:
     try:
         previous = client.get_model_version_by_alias(name, CHAMPION).version
-    except Exception:  # noqa: BLE001 - no champion yet
+    except Exception:
         previous = None
     if previous is not None and str(previous) != str(version):
         client.set_model_version_tag(name, version, TAG_PREVIOUS, str(previous))
@@ -204,7 +208,9 @@ def _download_version(settings: Settings, name: str, version: str, target: Path)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         try:
-            local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp))
+            local = Path(
+                mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp)
+            )
         except Exception as exc:
             raise RegistryError(f"cannot download models:/{name}/{version}: {exc}") from exc
         missing = [f for f in BUNDLE_FILES if not (local / f).is_file()]
@@ -235,12 +241,14 @@ def list_versions(settings: Settings) -> list[str]:
     name = settings.registered_model
     try:
         versions = client.search_model_versions(f"name='{name}'")
-    except Exception as exc:  # noqa: BLE001 - an empty store has no table yet
+    except Exception as exc:
         return [f"no versions of {name} ({exc})"]
     lines = []
     for found in sorted(versions, key=lambda v: int(v.version)):
         v = client.get_model_version(name, found.version)  # search results omit aliases
         aliases = ",".join(f"@{a}" for a in getattr(v, "aliases", []) or []) or "-"
-        lines.append(f"{name} v{v.version}  {aliases:24}  test_accuracy="
-                     f"{v.tags.get(TAG_ACCURACY, '?')}  {v.tags.get(TAG_REASON, '')}")
+        lines.append(
+            f"{name} v{v.version}  {aliases:24}  test_accuracy="
+            f"{v.tags.get(TAG_ACCURACY, '?')}  {v.tags.get(TAG_REASON, '')}"
+        )
     return lines or [f"no versions of {name}"]

@@ -139,8 +139,10 @@ def train(
     keras.utils.set_random_seed(params.seed)
     if state:
         model = keras.saving.load_model(checkpoint / CHECKPOINT_FILE)
-        log(f"Resuming run {state['run_id']} from epoch {state['epoch'] + 1} "
-            f"({state['epoch']} of {params.epochs} epochs already done)")
+        log(
+            f"Resuming run {state['run_id']} from epoch {state['epoch'] + 1} "
+            f"({state['epoch']} of {params.epochs} epochs already done)"
+        )
     else:
         from mnistops.model import build_model
 
@@ -160,7 +162,7 @@ def train(
         test_probs = model.predict(x_test, batch_size=1024, verbose=0)
         scores = evaluate(test_probs, y_test)
         mlflow.log_metrics(scores.metrics())
-        log(f"test accuracy {scores.accuracy:.4f}, test loss {scores.loss:.4f}, ECE {scores.ece:.4f}")
+        log(f"test accuracy {scores.accuracy:.4f}, loss {scores.loss:.4f}, ECE {scores.ece:.4f}")
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             _log_plots(work, state["history"], scores, data.x_test, y_test, test_probs)
@@ -169,13 +171,19 @@ def train(
             diff = _export_and_check(model, work, bundle, x_test, test_probs)
             log(f"ONNX parity: max |ONNX - Keras| = {diff:.2e} on {PARITY_IMAGES} test images")
             _write_reference(bundle, x_val, y_val)
-            write_metadata(bundle, {
-                "name": settings.registered_model, "run_id": run.info.run_id,
-                "model": params.model, "test_accuracy": scores.accuracy,
-                "input": {"name": "pixels", "shape": [-1, IMAGE_PIXELS], "dtype": "float32"},
-                "output": {"name": "probabilities", "shape": [-1, 10], "dtype": "float32"},
-                "feature_names": list(FEATURE_NAMES), "params": asdict(params),
-            })
+            write_metadata(
+                bundle,
+                {
+                    "name": settings.registered_model,
+                    "run_id": run.info.run_id,
+                    "model": params.model,
+                    "test_accuracy": scores.accuracy,
+                    "input": {"name": "pixels", "shape": [-1, IMAGE_PIXELS], "dtype": "float32"},
+                    "output": {"name": "probabilities", "shape": [-1, 10], "dtype": "float32"},
+                    "feature_names": list(FEATURE_NAMES),
+                    "params": asdict(params),
+                },
+            )
             version = _log_and_register(settings, model, x_test[:5], bundle)
             kept = settings.models_dir / settings.registered_model / version
             if not kept.exists():
@@ -186,16 +194,26 @@ def train(
         decision = gate(settings, version, scores.accuracy)
         mlflow.set_tags({"registered_version": version, "gate.decision": decision.alias})
     shutil.rmtree(checkpoint, ignore_errors=True)
-    log(f"registered {settings.registered_model} version {version}: {decision.alias} "
-        f"({decision.reason})")
+    log(
+        f"registered {settings.registered_model} version {version}: {decision.alias} "
+        f"({decision.reason})"
+    )
     return TrainResult(
-        run_id=run.info.run_id, version=version, test_accuracy=scores.accuracy,
-        decision=decision.alias, reason=decision.reason, bundle_path=kept,
-        fit_seconds=fit_seconds, resumed_from=resumed_from, metrics=scores.metrics(),
+        run_id=run.info.run_id,
+        version=version,
+        test_accuracy=scores.accuracy,
+        decision=decision.alias,
+        reason=decision.reason,
+        bundle_path=kept,
+        fit_seconds=fit_seconds,
+        resumed_from=resumed_from,
+        metrics=scores.metrics(),
     )
 
 
-def _log_start(params: TrainParams, fingerprint: str, n_fit: int, tags: dict[str, str] | None) -> None:
+def _log_start(
+    params: TrainParams, fingerprint: str, n_fit: int, tags: dict[str, str] | None
+) -> None:
     import keras
     import mlflow
 
@@ -225,7 +243,7 @@ def _fit(
     import keras
     import mlflow
 
-    class EpochEnd(keras.callbacks.Callback):
+    class EpochEnd(keras.callbacks.Callback):  # type: ignore[misc]  # Keras ships no types
         def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             self.started = time.perf_counter()
 
@@ -240,9 +258,14 @@ def _fit(
 
     if state["epoch"] < params.epochs:
         model.fit(
-            train[0], train[1], validation_data=val, epochs=params.epochs,
-            initial_epoch=state["epoch"], batch_size=params.batch_size,
-            callbacks=[EpochEnd()], verbose=1 if os.isatty(1) else 2,
+            train[0],
+            train[1],
+            validation_data=val,
+            epochs=params.epochs,
+            initial_epoch=state["epoch"],
+            batch_size=params.batch_size,
+            callbacks=[EpochEnd()],
+            verbose=1 if os.isatty(1) else 2,
         )
     return float(state["fit_seconds"])
 
@@ -265,8 +288,14 @@ def _save_state(checkpoint: Path, model: Any, state: dict[str, Any]) -> None:
     tmp.replace(checkpoint / STATE_FILE)
 
 
-def _log_plots(work: Path, history: dict[str, list[float]], scores: Any,
-               images: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> None:
+def _log_plots(
+    work: Path,
+    history: dict[str, list[float]],
+    scores: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+) -> None:
     import mlflow
 
     plots = work / "plots"
@@ -278,8 +307,9 @@ def _log_plots(work: Path, history: dict[str, list[float]], scores: Any,
     mlflow.log_artifacts(str(plots), artifact_path="evaluation")
 
 
-def _export_and_check(model: Any, work: Path, bundle: Path, x_test: np.ndarray,
-                      test_probs: np.ndarray) -> float:
+def _export_and_check(
+    model: Any, work: Path, bundle: Path, x_test: np.ndarray, test_probs: np.ndarray
+) -> float:
     import mlflow
 
     keras_path = work / CHECKPOINT_FILE

@@ -48,12 +48,20 @@ def test_run_logs_params_metrics_and_artifacts(trained_settings: Settings) -> No
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert artifacts == {f"evaluation/{n}" for n in (
-        "confusion_matrix.png", "learning_curves.png", "misclassified.png",
-        "classification_report.json")}
+    assert artifacts == {
+        f"evaluation/{n}"
+        for n in (
+            "confusion_matrix.png",
+            "learning_curves.png",
+            "misclassified.png",
+            "classification_report.json",
+        )
+    }
 
 
-def test_registered_version_holds_onnx_and_reference(trained_settings: Settings, trained_bundle, mnist) -> None:  # type: ignore[no-untyped-def]
+def test_registered_version_holds_onnx_and_reference(
+    trained_settings: Settings, trained_bundle, mnist
+) -> None:  # type: ignore[no-untyped-def]
     from mnistops.export import onnx_probabilities
     from mnistops.features import FEATURE_NAMES
 
@@ -63,7 +71,9 @@ def test_registered_version_holds_onnx_and_reference(trained_settings: Settings,
     assert reference.features.shape == (1200, len(FEATURE_NAMES))
     assert reference.probabilities.shape == (1200, 10)
     pixels = mnist.x_test[:500].reshape(500, 784).astype(np.float32) / 255
-    accuracy = (onnx_probabilities(trained_bundle.onnx_path, pixels).argmax(1) == mnist.y_test[:500]).mean()
+    accuracy = (
+        onnx_probabilities(trained_bundle.onnx_path, pixels).argmax(1) == mnist.y_test[:500]
+    ).mean()
     assert accuracy > 0.85
 
 
@@ -106,8 +116,11 @@ def test_gate_keeps_champion_and_tags_the_decision(two_seeded_runs) -> None:  # 
 
 def test_killed_training_resumes_from_last_epoch(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings()
-    env = {**os.environ, "MNISTOPS_HOME": str(settings.home),
-           "MNISTOPS_MNIST_DIR": str(settings.mnist_dir)}
+    env = {
+        **os.environ,
+        "MNISTOPS_HOME": str(settings.home),
+        "MNISTOPS_MNIST_DIR": str(settings.mnist_dir),
+    }
     command = [sys.executable, "-m", "mnistops.cli", "train", "--epochs", "6", "--limit", "20000"]
     child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     states = settings.checkpoint_dir

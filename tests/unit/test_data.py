@@ -62,7 +62,9 @@ def test_fingerprint_changes_with_one_pixel(mnist: Mnist) -> None:
     assert mnist.fingerprint() == MNIST_FINGERPRINT
     x_train = mnist.x_train.copy()
     x_train[0, 0, 0] ^= 1
-    assert Mnist(x_train, mnist.y_train, mnist.x_test, mnist.y_test).fingerprint() != MNIST_FINGERPRINT
+    assert (
+        Mnist(x_train, mnist.y_train, mnist.x_test, mnist.y_test).fingerprint() != MNIST_FINGERPRINT
+    )
 
 
 def test_real_mnist_has_standard_shapes_and_first_labels(mnist: Mnist) -> None:
@@ -97,12 +99,22 @@ def test_tampered_local_data_is_refused_with_sources_listed(
     folder.mkdir()
     x_train = mnist.x_train.copy()
     x_train[5] = 0
-    np.savez(folder / "mnist.npz", x_train=x_train, y_train=mnist.y_train,
-             x_test=mnist.x_test, y_test=mnist.y_test)
+    np.savez(
+        folder / "mnist.npz",
+        x_train=x_train,
+        y_train=mnist.y_train,
+        x_test=mnist.x_test,
+        y_test=mnist.y_test,
+    )
     import mnistops.data as data
 
-    monkeypatch.setattr(data, "sources", lambda settings, local=None: [
-        (f"local folder {folder}", lambda: data._local_source(folder))])
+    monkeypatch.setattr(
+        data,
+        "sources",
+        lambda settings, local=None: [
+            (f"local folder {folder}", lambda: data._local_source(folder))
+        ],
+    )
     with pytest.raises(DataError) as excinfo:
         fetch_mnist(Settings(home=tmp_path / "home"), folder, log=lambda _: None)
     message = str(excinfo.value)

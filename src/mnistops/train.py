@@ -334,13 +334,28 @@ def _write_reference(bundle: Path, x_val: np.ndarray, y_val: np.ndarray) -> None
 
 
 def _log_and_register(settings: Settings, model: Any, example: np.ndarray, bundle: Path) -> str:
-    """Log the Keras model with its ONNX export and reference profile; register it."""
-    import mlflow
-    from mlflow.models import infer_signature
+    """Log the Keras model (signature, input example) with its ONNX export and reference
+    profile; register it as a new version."""
+    import types
 
-    signature = infer_signature(example, model.predict(example, verbose=0))
-    info = mlflow.keras.log_model(
-        model, name="model", signature=signature, pip_requirements=SERVE_REQUIREMENTS
+    import mlflow
+    from mlflow.models import Model, infer_signature
+
+    def save_model(path: str, **kwargs: Any) -> None:
+        # mlflow.keras.save_model writes the input example before it creates its folder
+        # (FileNotFoundError when logging with input_example): create the folder first.
+        Path(path).mkdir(parents=True, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+    keras_flavor = types.SimpleNamespace(save_model=save_model, __name__="mlflow.keras")
+    info = Model.log(
+        None,
+        name="model",
+        flavor=keras_flavor,
+        model=model,
+        signature=infer_signature(example, model.predict(example, verbose=0)),
+        input_example=example,
+        pip_requirements=SERVE_REQUIREMENTS,
     )
     client = mlflow.MlflowClient()
     client.log_model_artifacts(info.model_id, str(bundle))

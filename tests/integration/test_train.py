@@ -75,6 +75,11 @@ def test_registered_version_holds_onnx_and_reference(
         onnx_probabilities(trained_bundle.onnx_path, pixels).argmax(1) == mnist.y_test[:500]
     ).mean()
     assert accuracy > 0.85
+    import mlflow
+
+    info = mlflow.models.get_model_info("models:/mnist-classifier/1")
+    assert "keras" in info.flavors
+    assert info.signature is not None and info.saved_input_example_info is not None
 
 
 @pytest.fixture(scope="module")

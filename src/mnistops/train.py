@@ -113,91 +113,40 @@ def train(
         TrainError: the ONNX export does not match the Keras model.
     """
     os.environ.setdefault("KERAS_BACKEND", DEFAULT_BACKEND)
-    import keras
     import mlflow
 
     from mnistops.data import load_mnist
     from mnistops.registry import ensure_experiment, gate
 
     data = load_mnist(settings)
-    x_all, y_all = data.x_train, data.y_train
-    if params.limit:
-        x_all, y_all = x_all[: params.limit], y_all[: params.limit]
-    extra_key = ""
-    if extra_train is not None and len(extra_train[0]):
-        x_all = np.concatenate([x_all, extra_train[0].astype(np.uint8)])
-        y_all = np.concatenate([y_all, extra_train[1].astype(np.uint8)])
-        extra_key = hashlib.sha256(extra_train[0].tobytes()).hexdigest()
-    x_all, y_all = _prepare(x_all), y_all.astype(np.int64)
-    n_val = int(len(x_all) * params.validation_split)
-    split = len(x_all) - n_val  # Keras' validation_split holds out the last fraction too
-    x_fit, y_fit, x_val, y_val = x_all[:split], y_all[:split], x_all[split:], y_all[split:]
-    x_test, y_test = _prepare(data.x_test), data.y_test.astype(np.int64)
-
-    checkpoint = settings.checkpoint_dir / params.key(extra_key)
+    splits = _split(data, params, extra_train)
+    checkpoint = settings.checkpoint_dir / params.key(splits.extra_key)
     state = _load_state(checkpoint)
-    keras.utils.set_random_seed(params.seed)
-    if state:
-        model = keras.saving.load_model(checkpoint / CHECKPOINT_FILE)
-        log(
-            f"Resuming run {state['run_id']} from epoch {state['epoch'] + 1} "
-            f"({state['epoch']} of {params.epochs} epochs already done)"
-        )
-    else:
-        from mnistops.model import build_model
-
-        model = build_model(params.model, params.learning_rate)
-
+    model = _open_model(params, checkpoint, state, log)
     experiment_id = ensure_experiment(settings, experiment or settings.experiment)
     run_id = state["run_id"] if state else None
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id) as run:
         if not state:
-            _log_start(params, data.fingerprint(), len(x_fit), tags)
+            _log_start(params, data.fingerprint(), len(splits.x_fit), tags)
             state = {"run_id": run.info.run_id, "epoch": 0, "history": {}, "fit_seconds": 0.0}
         resumed_from = int(state["epoch"])
-        fit_seconds = _fit(model, params, (x_fit, y_fit), (x_val, y_val), checkpoint, state)
+        fit_seconds = _fit(model, params, splits, checkpoint, state)
         mlflow.log_metric("fit_seconds", fit_seconds)
         log(f"fit took {fit_seconds:.1f} s")
 
-        test_probs = model.predict(x_test, batch_size=1024, verbose=0)
-        scores = evaluate(test_probs, y_test)
+        test_probs = model.predict(splits.x_test, batch_size=1024, verbose=0)
+        scores = evaluate(test_probs, splits.y_test)
         mlflow.log_metrics(scores.metrics())
         log(f"test accuracy {scores.accuracy:.4f}, loss {scores.loss:.4f}, ECE {scores.ece:.4f}")
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            _log_plots(work, state["history"], scores, data.x_test, y_test, test_probs)
-            bundle = work / "bundle"
-            bundle.mkdir()
-            diff = _export_and_check(model, work, bundle, x_test, test_probs)
-            log(f"ONNX parity: max |ONNX - Keras| = {diff:.2e} on {PARITY_IMAGES} test images")
-            _write_reference(bundle, x_val, y_val)
-            write_metadata(
-                bundle,
-                {
-                    "name": settings.registered_model,
-                    "run_id": run.info.run_id,
-                    "model": params.model,
-                    "test_accuracy": scores.accuracy,
-                    "input": {"name": "pixels", "shape": [-1, IMAGE_PIXELS], "dtype": "float32"},
-                    "output": {"name": "probabilities", "shape": [-1, 10], "dtype": "float32"},
-                    "feature_names": list(FEATURE_NAMES),
-                    "params": asdict(params),
-                },
-            )
-            version = _log_and_register(settings, model, x_test[:5], bundle)
-            kept = settings.models_dir / settings.registered_model / version
-            if not kept.exists():
-                kept.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(bundle, kept)
-                meta = json.loads((kept / "metadata.json").read_text())
-                write_metadata(kept, {**meta, "version": version})
+            _log_plots(work, state["history"], scores, data.x_test, splits.y_test, test_probs)
+            version, kept = _package(settings, params, model, splits, test_probs, work, log)
         decision = gate(settings, version, scores.accuracy)
         mlflow.set_tags({"registered_version": version, "gate.decision": decision.alias})
     shutil.rmtree(checkpoint, ignore_errors=True)
-    log(
-        f"registered {settings.registered_model} version {version}: {decision.alias} "
-        f"({decision.reason})"
-    )
+    name = settings.registered_model
+    log(f"registered {name} version {version}: {decision.alias} ({decision.reason})")
     return TrainResult(
         run_id=run.info.run_id,
         version=version,
@@ -209,6 +158,95 @@ def train(
         resumed_from=resumed_from,
         metrics=scores.metrics(),
     )
+
+
+@dataclass(frozen=True)
+class _Splits:
+    """Model-ready arrays: fit, validation (held out, the drift reference) and test."""
+
+    x_fit: np.ndarray
+    y_fit: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    extra_key: str
+
+
+def _split(
+    data: Any, params: TrainParams, extra_train: tuple[np.ndarray, np.ndarray] | None
+) -> _Splits:
+    x_all, y_all = data.x_train, data.y_train
+    if params.limit:
+        x_all, y_all = x_all[: params.limit], y_all[: params.limit]
+    extra_key = ""
+    if extra_train is not None and len(extra_train[0]):
+        x_all = np.concatenate([x_all, extra_train[0].astype(np.uint8)])
+        y_all = np.concatenate([y_all, extra_train[1].astype(np.uint8)])
+        extra_key = hashlib.sha256(extra_train[0].tobytes()).hexdigest()
+    x_all, y_all = _prepare(x_all), y_all.astype(np.int64)
+    # Hold out the last fraction, as Keras' validation_split does.
+    split = len(x_all) - int(len(x_all) * params.validation_split)
+    return _Splits(
+        x_all[:split], y_all[:split], x_all[split:], y_all[split:],
+        _prepare(data.x_test), data.y_test.astype(np.int64), extra_key,
+    )  # fmt: skip
+
+
+def _open_model(
+    params: TrainParams, checkpoint: Path, state: dict[str, Any] | None, log: Callable[[str], None]
+) -> Any:
+    """The checkpointed model of an unfinished run, or a new one."""
+    import keras
+
+    keras.utils.set_random_seed(params.seed)
+    if state:
+        log(
+            f"Resuming run {state['run_id']} from epoch {state['epoch'] + 1} "
+            f"({state['epoch']} of {params.epochs} epochs already done)"
+        )
+        return keras.saving.load_model(checkpoint / CHECKPOINT_FILE)
+    from mnistops.model import build_model
+
+    return build_model(params.model, params.learning_rate)
+
+
+def _package(
+    settings: Settings,
+    params: TrainParams,
+    model: Any,
+    splits: _Splits,
+    test_probs: np.ndarray,
+    work: Path,
+    log: Callable[[str], None],
+) -> tuple[str, Path]:
+    """Export to ONNX (with parity check), add the reference profile and metadata, log and
+    register the version; keep a servable copy. Returns the version and that copy."""
+    import mlflow
+
+    bundle = work / "bundle"
+    bundle.mkdir()
+    diff = _export_and_check(model, work, bundle, splits.x_test, test_probs)
+    log(f"ONNX parity: max |ONNX - Keras| = {diff:.2e} on {PARITY_IMAGES} test images")
+    _write_reference(bundle, splits.x_val, splits.y_val)
+    metadata = {
+        "name": settings.registered_model,
+        "run_id": mlflow.active_run().info.run_id,  # type: ignore[union-attr]
+        "model": params.model,
+        "test_accuracy": float((test_probs.argmax(1) == splits.y_test).mean()),
+        "input": {"name": "pixels", "shape": [-1, IMAGE_PIXELS], "dtype": "float32"},
+        "output": {"name": "probabilities", "shape": [-1, 10], "dtype": "float32"},
+        "feature_names": list(FEATURE_NAMES),
+        "params": asdict(params),
+    }
+    write_metadata(bundle, metadata)
+    version = _log_and_register(settings, model, splits.x_test[:5], bundle)
+    kept = settings.models_dir / settings.registered_model / version
+    if not kept.exists():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(bundle, kept)
+        write_metadata(kept, {**metadata, "version": version})
+    return version, kept
 
 
 def _log_start(
@@ -232,12 +270,7 @@ def _log_start(
 
 
 def _fit(
-    model: Any,
-    params: TrainParams,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-    checkpoint: Path,
-    state: dict[str, Any],
+    model: Any, params: TrainParams, splits: _Splits, checkpoint: Path, state: dict[str, Any]
 ) -> float:
     """Fit from the last completed epoch, checkpointing and logging after each epoch."""
     import keras
@@ -258,9 +291,9 @@ def _fit(
 
     if state["epoch"] < params.epochs:
         model.fit(
-            train[0],
-            train[1],
-            validation_data=val,
+            splits.x_fit,
+            splits.y_fit,
+            validation_data=(splits.x_val, splits.y_val),
             epochs=params.epochs,
             initial_epoch=state["epoch"],
             batch_size=params.batch_size,

@@ -11,6 +11,7 @@ import pytest
 
 from mnistops.config import Settings
 from mnistops.data import Mnist, fetch_mnist, load_mnist
+from tests.support.postgres import PostgresServer
 
 FIXTURE_LIMIT = 12_000
 FIXTURE_EPOCHS = 2
@@ -92,3 +93,14 @@ def trained_bundle(trained_settings: Settings):  # type: ignore[no-untyped-def]
 def free_port_fixture() -> int:
     """A free TCP port on 127.0.0.1."""
     return free_port()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A real PostgreSQL 15 server on a free loopback port, for the whole session."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"), free_port()).init()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

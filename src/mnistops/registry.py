@@ -23,6 +23,7 @@ TAG_DECISION = "gate.decision"
 TAG_REASON = "gate.reason"
 TAG_ACCURACY = "test_accuracy"
 TAG_PREVIOUS = "previous_champion"
+_SERVER_SCHEMES = ("http://", "https://", "databricks")
 _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
@@ -71,7 +72,10 @@ def ensure_experiment(settings: Settings, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)
-    location = settings.mlflow_artifact_root if settings.tracking_uri is None else None
+    # A tracking server chooses its own artifact store; with a database URI the client
+    # would default to ./mlruns in whatever folder it runs from, so use the state folder.
+    served = settings.mlflow_tracking_uri.startswith(_SERVER_SCHEMES)
+    location = None if served else settings.mlflow_artifact_root
     return str(mlflow.create_experiment(name, artifact_location=location))
 
 

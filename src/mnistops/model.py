@@ -10,6 +10,8 @@ if TYPE_CHECKING:
     import keras
 
 MODELS = ("mlp", "cnn")
+DEFAULT_EPOCHS = {"mlp": 5, "cnn": 8}
+"""Epochs of each recipe: the lab's 5 for the MLP; the convnet needs 8 to pass 99.3 %."""
 INPUT_NAME = "pixels"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".mnistops")
@@ -18,7 +18,7 @@ DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION}"
 class Settings(BaseSettings):
     """Everything mnistops can be told; `MNISTOPS_<FIELD>` sets a field."""
 
-    model_config = SettingsConfigDict(env_prefix="MNISTOPS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MNISTOPS_", extra="ignore", populate_by_name=True)
 
     # --- state -----------------------------------------------------------
     home: Path = DEFAULT_HOME
@@ -45,8 +45,8 @@ class Settings(BaseSettings):
     """What `serve` loads: models:/NAME@ALIAS, models:/NAME/VERSION or a local folder."""
     host: str = "127.0.0.1"
     """Address the server binds to."""
-    port: int = Field(default=8000, validation_alias="PORT")
-    """Port the server listens on (PORT, as Cloud Run sets it)."""
+    port: int = Field(default=8000, validation_alias=AliasChoices("MNISTOPS_PORT", "PORT"))
+    """Port the server listens on (MNISTOPS_PORT, or PORT as Cloud Run sets it)."""
     max_body_bytes: int = 1 << 20
     """Largest request body accepted (413 above)."""
     max_batch_images: int = 256
@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     """On SIGTERM, how long in-flight requests may take to finish."""
 
     # --- monitoring --------------------------------------------------------
+    monitoring: bool = True
+    """Metrics, drift detection and the prediction log (off only to measure their cost)."""
     drift_window: int = 500
     """Sliding window of recent predictions the drift tests look at."""
     drift_check_every: int = 50

@@ -2,8 +2,69 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add the serving commands (serve, predict) to the root CLI."""
+    app.command("serve")(serve)
+    app.command("predict")(predict)
+
+
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder "
+            "[default: models:/mnist-classifier@champion]"
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: $PORT or 8000].")] = None,
+) -> None:
+    """Serve a model over HTTP: /predict, the Open Inference Protocol v2, /metrics, the page."""
+    from mnistops.bundle import BundleError
+    from mnistops.config import load_settings
+    from mnistops.registry import RegistryError
+    from mnistops.serve.server import serve as run_server
+
+    settings = load_settings(model_uri=model, host=host, port=port)
+    try:
+        run_server(settings)
+    except (RegistryError, BundleError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+
+
+def predict(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Images (.png, .jpg), or arrays (.npy, .npz) of 28x28 or 784 values."),
+    ],
+    model: Annotated[
+        str | None, typer.Option(help="Model URI or folder [default: the champion].")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write a CSV (source, index, digit, confidence, p0..p9).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per onnxruntime call.")] = 4096,
+) -> None:
+    """Batch inference through the predictor: print labels, or write a CSV."""
+    from mnistops.batch import BatchInputError, predict_files
+    from mnistops.config import load_settings
+
+    settings = load_settings(model_uri=model)
+    try:
+        rows = predict_files(files, settings, batch_size=batch_size)
+    except BatchInputError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    if out is not None:
+        rows.write_csv(out)
+        typer.echo(f"wrote {len(rows)} predictions to {out}")
+    else:
+        for source, index, digit, confidence in rows.labels():
+            typer.echo(f"{source}[{index}]\t{digit}\t{confidence:.4f}")

@@ -1,0 +1,112 @@
+"""Routes of the service's own API: predict, admin reload, metrics, the page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, Response
+
+from mnistops.serve import schemas
+from mnistops.serve.app import (
+    ACCEPTED_BODIES,
+    ERROR_RESPONSES,
+    REQUEST_ID_HEADER,
+    RuntimeDep,
+    check_admin,
+    json_response,
+    new_request_id,
+    page,
+    parse_predict_body,
+)
+
+router = APIRouter()
+
+_PREDICT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": f"One of: {ACCEPTED_BODIES}.",
+        "content": {
+            "application/json": {"schema": schemas.PredictRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _prediction(probs: np.ndarray) -> dict[str, Any]:
+    digit = int(probs.argmax())
+    return {
+        "digit": digit,
+        "confidence": float(probs[digit]),
+        "probabilities": [round(float(p), 6) for p in probs],
+    }
+
+
+@router.post(
+    "/predict",
+    response_model=schemas.PredictResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=_PREDICT_BODY,
+    summary="Recognise a digit from pixels (JSON) or an image (PNG/JPEG upload or raw body)",
+)
+async def predict(request: Request, runtime: RuntimeDep) -> Response:
+    request_id = new_request_id()
+    pixels = await parse_predict_body(request, runtime.settings)
+    served, probs = await runtime.predict(pixels, request_id)
+    answer = _prediction(probs[0])
+    answer.update(
+        model_name=served.bundle.name, model_version=served.version, request_id=request_id
+    )
+    if len(probs) > 1:
+        answer["predictions"] = [_prediction(p) for p in probs]
+    return json_response(answer, request_id=request_id)
+
+
+@router.post(
+    "/admin/reload",
+    dependencies=[Depends(check_admin)],
+    responses={401: {}, 403: {}, 404: {}},
+    summary="Resolve the model URI again and hot-swap a new version in",
+)
+async def reload(runtime: RuntimeDep) -> Response:
+    import asyncio
+
+    changed, message = await asyncio.to_thread(runtime.manager.reload)
+    return json_response(
+        {"changed": changed, "message": message, "model_version": runtime.manager.current.version}
+    )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(runtime: RuntimeDep) -> Response:
+    if runtime.monitor is None:
+        return Response(
+            "# monitoring is off (MNISTOPS_MONITORING=false)\n", media_type="text/plain"
+        )
+    from mnistops.monitor.metrics import render_latest
+
+    body, content_type = render_latest()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index() -> HTMLResponse:
+    return page()
+
+
+@router.get("/noop", include_in_schema=False)
+@router.post("/noop", include_in_schema=False)
+async def noop(request: Request) -> Response:
+    """Reads the body and answers: the ceiling a route of this server can reach (benchmark)."""
+    await request.body()
+    return Response(b"{}", media_type="application/json", headers={REQUEST_ID_HEADER: "noop"})

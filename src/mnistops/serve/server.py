@@ -1,0 +1,56 @@
+"""Run the service under uvicorn: ready only after warm-up; SIGTERM drains and exits 0."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from mnistops.config import Settings
+
+log = logging.getLogger("mnistops.serve")
+
+
+def serve(settings: Settings, *, bundle: Any = None) -> None:
+    """Load the model, then serve until SIGTERM/SIGINT (blocking).
+
+    On SIGTERM readiness turns false at once, the listening socket closes, requests in
+    flight finish, and the process exits 0 within ``settings.grace_period_s``.
+    """
+    import uvicorn
+
+    from mnistops.serve.app import create_app
+
+    started = time.perf_counter()
+    app = create_app(settings, bundle)
+    runtime = app.state.runtime
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            runtime.ready = False  # readiness probes fail from this moment
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=max(1, int(settings.grace_period_s)),
+        limit_concurrency=None,
+        backlog=2048,
+    )
+    server = DrainingServer(config)
+    served = runtime.manager.current
+    print(
+        f"mnistops serving {served.bundle.name} version {served.version} "
+        f"(loaded in {time.perf_counter() - started:.2f} s)\n"
+        f"  page     http://{settings.host}:{settings.port}/\n"
+        f"  API docs http://{settings.host}:{settings.port}/docs\n"
+        f"  metrics  http://{settings.host}:{settings.port}/metrics",
+        flush=True,
+    )
+    server.run()

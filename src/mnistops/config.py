@@ -75,8 +75,10 @@ class Settings(BaseSettings):
     """Sliding window of recent predictions the drift tests look at."""
     drift_check_every: int = 50
     """Run the drift tests after this many new predictions."""
-    drift_alpha: float = 0.01
-    """Significance level of the drift verdict (after Bonferroni correction)."""
+    drift_min_interval_s: float = 1.0
+    """At most one drift check per this many seconds, however busy the service is."""
+    drift_alpha: float = 0.001
+    """Family-wise significance level of the drift verdict (Bonferroni over all tests)."""
     low_confidence: float = 0.6
     """Predictions less confident than this are counted as low-confidence."""
     prediction_log_url: str | None = None

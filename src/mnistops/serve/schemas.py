@@ -43,11 +43,6 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
-class FeedbackRequest(BaseModel):
-    request_id: str = Field(min_length=1, max_length=64)
-    label: int = Field(ge=0, le=9)
-
-
 class InferInput(BaseModel):
     name: str
     shape: list[int]

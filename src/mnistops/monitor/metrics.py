@@ -1,0 +1,158 @@
+"""Every Prometheus metric of the service, defined once; the request middleware; exposition.
+
+Names follow Prometheus conventions (``mnistops_`` prefix, ``_seconds``, ``_total``);
+model metrics carry ``model`` and ``version`` labels.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from mnistops.features import FEATURE_NAMES
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+FEATURE_BUCKETS = {
+    "pixel_mean": (0.02, 0.05, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.3, 0.5, 0.7, 0.9),
+    "pixel_std": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5),
+    "ink_fraction": (0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 0.8),
+    "centroid_row": (8, 10, 12, 13, 14, 15, 16, 18, 20),
+    "centroid_col": (8, 10, 12, 13, 14, 15, 16, 18, 20),
+}
+MODEL_LABELS = ("model", "version")
+
+# --- operational ------------------------------------------------------------------
+REQUESTS = Counter(
+    "mnistops_requests", "HTTP requests by route template, method and status.",
+    ("route", "method", "status"),
+)  # fmt: skip
+REQUEST_DURATION = Histogram(
+    "mnistops_request_duration_seconds", "Time to answer an HTTP request, by route.",
+    ("route",), buckets=LATENCY_BUCKETS,
+)  # fmt: skip
+IN_FLIGHT = Gauge("mnistops_requests_in_flight", "HTTP requests being answered now.")
+BATCH_SIZE = Histogram(
+    "mnistops_batch_size", "Images per onnxruntime call (micro-batching).", buckets=BATCH_BUCKETS
+)
+BATCH_QUEUE_WAIT = Histogram(
+    "mnistops_batch_queue_wait_seconds", "Time a request waited to join a batch.",
+    buckets=LATENCY_BUCKETS,
+)  # fmt: skip
+
+# --- model --------------------------------------------------------------------------
+MODEL_INFO = Gauge(
+    "mnistops_model_info", "The model version being served (value 1).", ("name", "version")
+)
+PREDICTIONS = Counter(
+    "mnistops_predictions", "Predictions by predicted digit.", (*MODEL_LABELS, "digit")
+)
+CONFIDENCE = Histogram(
+    "mnistops_prediction_confidence", "Probability of the predicted digit.", MODEL_LABELS,
+    buckets=CONFIDENCE_BUCKETS,
+)  # fmt: skip
+LOW_CONFIDENCE = Counter(
+    "mnistops_low_confidence_predictions", "Predictions below the confidence threshold.",
+    MODEL_LABELS,
+)  # fmt: skip
+
+# --- input ---------------------------------------------------------------------------
+INPUT_FEATURES = {
+    name: Histogram(
+        f"mnistops_input_{name}",
+        f"Per-image {name.replace('_', ' ')} of incoming images.",
+        buckets=FEATURE_BUCKETS[name],
+    )  # fmt: skip
+    for name in FEATURE_NAMES
+}
+
+# --- drift ---------------------------------------------------------------------------
+DRIFT_DETECTED = Gauge(
+    "mnistops_drift_detected", "1 when the last drift check found drift.", MODEL_LABELS
+)
+DRIFT_PVALUE = Gauge(
+    "mnistops_drift_pvalue", "p-value of each drift test at the last check.", ("test",)
+)
+DRIFT_STATISTIC = Gauge("mnistops_drift_statistic", "Statistic of each drift test.", ("test",))
+DRIFT_WINDOW = Gauge("mnistops_drift_window_size", "Predictions in the drift window.")
+DRIFT_CHECKS = Counter("mnistops_drift_checks", "Drift checks run.", ("result",))
+
+# --- prediction log and feedback --------------------------------------------------------
+LOG_WRITTEN = Counter("mnistops_prediction_log_rows_written", "Rows written to the prediction log.")
+LOG_DROPPED = Counter(
+    "mnistops_prediction_log_rows_dropped", "Rows not written (queue full or store down).",
+    ("reason",),
+)  # fmt: skip
+LOG_QUEUE = Gauge("mnistops_prediction_log_queue_depth", "Rows waiting to be written.")
+FEEDBACK = Counter(
+    "mnistops_feedback", "True labels received, by whether the prediction was right.", ("correct",)
+)
+LIVE_ACCURACY = Gauge("mnistops_live_accuracy", "Accuracy over recent feedback.")
+OBSERVE_DROPPED = Counter(
+    "mnistops_monitor_dropped", "Predictions not monitored because the monitor fell behind."
+)
+
+
+def observe_batch(size: int, waits: list[float]) -> None:
+    """Record one onnxruntime call of the micro-batcher."""
+    BATCH_SIZE.observe(size)
+    for wait in waits:
+        BATCH_QUEUE_WAIT.observe(wait)
+
+
+def render_latest() -> tuple[bytes, str]:
+    """The exposition text of every metric, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Pure-ASGI middleware: request count, duration and in-flight, by route template."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._children: dict[tuple[str, str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def capture(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            IN_FLIGHT.dec()
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self._record(route, scope["method"], status, time.perf_counter() - started)
+
+    def _record(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        counter = self._children.get(key)
+        if counter is None:
+            counter = self._children[key] = REQUESTS.labels(route, method, str(status))
+        counter.inc()
+        duration = self._durations.get(route)
+        if duration is None:
+            duration = self._durations[route] = REQUEST_DURATION.labels(route)
+        duration.observe(seconds)

@@ -1,0 +1,157 @@
+"""The prediction log: rows written off the request path, in batches, through a bounded
+queue, by SQLAlchemy (SQLite by default, PostgreSQL by URL).
+
+When the store is down or slow, the service is unaffected: rows that cannot be queued
+or written are dropped and counted (``mnistops_prediction_log_rows_dropped_total``),
+and writing resumes when the store is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from mnistops.monitor import metrics
+
+log = logging.getLogger("mnistops.monitor")
+
+WRITE_BATCH = 500
+FLUSH_SECONDS = 0.2
+RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
+
+meta = sa.MetaData()
+predictions = sa.Table(
+    "predictions",
+    meta,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("request_id", sa.String(80), nullable=False, index=True),
+    sa.Column("model_version", sa.String(40), nullable=False),
+    sa.Column("label", sa.SmallInteger, nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("probabilities", sa.JSON, nullable=False),
+    sa.Column("features", sa.JSON, nullable=False),
+    sa.Column("image", sa.LargeBinary, nullable=True),
+)
+feedback = sa.Table(
+    "feedback",
+    meta,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("request_id", sa.String(80), nullable=False, index=True),
+    sa.Column("label", sa.SmallInteger, nullable=False),
+)
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine that survives a restarted server (pre-ping) and never hangs for long."""
+    if url.startswith("sqlite"):
+        return sa.create_engine(url, connect_args={"timeout": 5})
+    return sa.create_engine(
+        url, pool_pre_ping=True, pool_size=2, max_overflow=0, pool_timeout=5,
+        connect_args={"connect_timeout": 3},
+    )  # fmt: skip
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PredictionLog:
+    """A background writer thread fed through a bounded queue."""
+
+    def __init__(self, url: str, max_queue: int) -> None:
+        self.url = url
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._engine: sa.Engine | None = None
+        self._schema_ready = False
+
+    def start(self) -> None:
+        self._engine = make_engine(self.url)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        """Flush what is queued (within ``timeout``) and stop the writer."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            log.warning("prediction log queue still full at shutdown")
+        self._thread.join(timeout)
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def put(self, row: dict[str, Any]) -> None:
+        """Queue a row; never blocks (a full queue drops the row and counts it)."""
+        try:
+            self._queue.put_nowait(row)
+        except queue.Full:
+            metrics.LOG_DROPPED.labels("queue_full").inc()
+
+    def add_feedback(self, request_id: str, label: int) -> None:
+        """Record a true label (synchronously: the client waits for the answer)."""
+        assert self._engine is not None
+        self._ensure_schema()
+        with self._engine.begin() as db:
+            db.execute(feedback.insert(), [{"ts": now(), "request_id": request_id, "label": label}])
+
+    def lookup_label(self, request_id: str) -> int | None:
+        """The label predicted for a logged request, if it is in the store."""
+        assert self._engine is not None
+        self._ensure_schema()
+        with self._engine.connect() as db:
+            found = db.execute(
+                sa.select(predictions.c.label).where(predictions.c.request_id == request_id)
+            ).first()
+        return int(found[0]) if found else None
+
+    def _ensure_schema(self) -> None:
+        if not self._schema_ready:
+            assert self._engine is not None
+            meta.create_all(self._engine)
+            self._schema_ready = True
+
+    def _take_batch(self) -> tuple[list[dict[str, Any]], bool]:
+        rows: list[dict[str, Any]] = []
+        deadline = time.monotonic() + FLUSH_SECONDS
+        while len(rows) < WRITE_BATCH:
+            try:
+                row = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if row is None:
+                return rows, True
+            rows.append(row)
+        return rows, False
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            rows, stopping = self._take_batch()
+            metrics.LOG_QUEUE.set(self._queue.qsize())
+            if rows:
+                try:
+                    self._ensure_schema()
+                    assert self._engine is not None
+                    with self._engine.begin() as db:
+                        db.execute(predictions.insert(), rows)
+                    metrics.LOG_WRITTEN.inc(len(rows))
+                    failures = 0
+                except sa.exc.SQLAlchemyError as exc:
+                    metrics.LOG_DROPPED.labels("store_error").inc(len(rows))
+                    log.warning("prediction log store unavailable (%d rows dropped): %s",
+                                len(rows), str(exc).splitlines()[0])  # fmt: skip
+                    if not stopping:
+                        time.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+                    failures += 1
+            if stopping:
+                return

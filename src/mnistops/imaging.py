@@ -19,6 +19,7 @@ DIGIT_BOX = 20
 INK_CUTOFF = 0.2
 """After inversion and stretching, pixels above this fraction of full ink count as ink."""
 ACCEPTED_IMAGE_TYPES = ("image/png", "image/jpeg")
+JSON_NUMBERS = "numbers must be finite; JSON has no NaN or Infinity"
 
 
 class InputError(ValueError):
@@ -61,7 +62,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     ) as exc:
         raise InputError(f"not a readable PNG or JPEG image ({exc})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InputError(f"corrupt image: {exc}") from exc
+        raise InputError(f"corrupt image, send a valid PNG or JPEG file: {exc}") from exc
     return _to_gray(image)
 
 

@@ -23,6 +23,7 @@ from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
 from mnistops.imaging import (
     ACCEPTED_IMAGE_TYPES,
+    JSON_NUMBERS,
     InputError,
     image_to_pixels,
     pixels_from_values,
@@ -220,7 +221,7 @@ def _json_pixels(body: bytes, settings: Settings) -> np.ndarray:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON: {exc}") from exc
+        raise InputError(f"invalid JSON ({JSON_NUMBERS}): {exc}") from exc
     if not isinstance(payload, dict) or ("image" in payload) == ("images" in payload):
         raise InputError('send a JSON object with exactly one of "image" or "images"')
     scale = payload.get("scale")

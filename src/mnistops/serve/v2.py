@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from mnistops import __version__
 from mnistops.features import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES
-from mnistops.imaging import InputError
+from mnistops.imaging import JSON_NUMBERS, InputError
 from mnistops.serve import schemas
 from mnistops.serve.app import ERROR_RESPONSES, Runtime, RuntimeDep, json_response, new_request_id
 from mnistops.serve.limits import read_body
@@ -126,7 +126,7 @@ async def _infer(request: Request, runtime: Runtime, name: str, version: str | N
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON: {exc}") from exc
+        raise InputError(f"invalid JSON ({JSON_NUMBERS}): {exc}") from exc
     pixels = _tensor(payload, runtime.settings.max_batch_images)
     request_id = str(payload.get("id") or new_request_id())[:64]
     served, probs = await runtime.predict(pixels, request_id)

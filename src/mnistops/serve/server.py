@@ -29,6 +29,9 @@ def serve(settings: Settings, *, bundle: Any = None) -> None:
         def handle_exit(self, sig: int, frame: Any) -> None:
             runtime.ready = False  # readiness probes fail from this moment
             super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after draining, so the process would end "killed
+            # by SIGTERM"; a drained shutdown is a success: exit 0.
+            self._captured_signals.clear()
 
     config = uvicorn.Config(
         app,

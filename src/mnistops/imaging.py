@@ -115,7 +115,7 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
         return field.reshape(IMAGE_PIXELS)
     row_c = float((digit.sum(axis=1) * np.arange(height)).sum() / mass)
     col_c = float((digit.sum(axis=0) * np.arange(width)).sum() / mass)
-    centre = (IMAGE_SIDE - 1) / 2
+    centre = IMAGE_SIDE / 2  # MNIST puts the centre of mass at (14, 14) in pixel indices
     top = int(np.clip(round(centre - row_c), 0, IMAGE_SIDE - height))
     left = int(np.clip(round(centre - col_c), 0, IMAGE_SIDE - width))
     field[top : top + height, left : left + width] = digit

@@ -1,0 +1,88 @@
+"""The draw-a-digit page in a real headless Chromium: draw strokes, upload a digit."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mnistops.data import Mnist
+from tests.conftest import free_port
+from tests.support.server import RunningServer, run_server
+
+pytestmark = pytest.mark.e2e
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def live(trained_bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:  # type: ignore[no-untyped-def]
+    with run_server(str(trained_bundle.path), free_port(), tmp_path_factory.mktemp("page")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser(live: RunningServer) -> Iterator[object]:
+    assert shutil.which("chromium") or Path(CHROMIUM).exists(), (
+        "Chromium is required for the browser tests: apt-get install chromium"
+    )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, live: RunningServer) -> object:  # type: ignore[no-untyped-def]
+    page = browser.new_page()
+    page.goto(live.url + "/")
+    return page
+
+
+def test_drawing_a_one_shows_a_prediction_and_bars(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    box = page.locator("#pad").bounding_box()
+    x = box["x"] + box["width"] / 2
+    page.mouse.move(x, box["y"] + 50)
+    page.mouse.down()
+    for step in range(1, 21):
+        page.mouse.move(x + step * 0.5, box["y"] + 50 + step * 9)
+    page.mouse.up()
+    page.wait_for_function("document.getElementById('digit').textContent !== ''", timeout=10_000)
+    assert page.locator("#digit").text_content() == "1"
+    widths = page.eval_on_selector_all(".bar > div", "els => els.map(e => parseFloat(e.style.width))")
+    assert len(widths) == 10 and abs(sum(widths) - 100) < 2
+    assert "version 1" in page.locator("#model").text_content()
+    page.screenshot(path=str(tmp_path / "drawn.png"))
+    page.click("#clear")
+    assert page.locator("#digit").text_content() == ""
+
+
+def test_uploading_an_mnist_digit_shows_its_label(page, mnist: Mnist, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for index in (0, 1, 2, 3):  # labels 7, 2, 1, 0
+        path = tmp_path / f"digit{index}.png"
+        buffer = io.BytesIO()
+        Image.fromarray(mnist.x_test[index]).save(buffer, "PNG")
+        path.write_bytes(buffer.getvalue())
+        page.click("#clear")
+        page.set_input_files("#file", str(path))
+        page.wait_for_function("document.getElementById('digit').textContent !== ''", timeout=10_000)
+        assert page.locator("#digit").text_content() == str(mnist.y_test[index])
+
+
+def test_page_loads_nothing_from_outside(browser, live: RunningServer) -> None:  # type: ignore[no-untyped-def]
+    requested: list[str] = []
+    page = browser.new_page()
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(live.url + "/")
+    page.wait_for_load_state("networkidle")
+    assert requested and all(url.startswith(live.url) for url in requested), requested
+

@@ -2,8 +2,93 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+monitor_app = typer.Typer(help="Drive and inspect production monitoring.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
     """Add the monitoring commands (monitor simulate/report, retrain) to the root CLI."""
+    app.add_typer(monitor_app, name="monitor")
+    app.command("retrain")(retrain)
+
+
+@monitor_app.command("simulate")
+def simulate(
+    url: Annotated[str, typer.Option(help="Base URL of a running service.")] = "http://127.0.0.1:8000",
+    scenario: Annotated[
+        str, typer.Option(help="clean, fashion, rotate, noise, invert or mix.")
+    ] = "clean",
+    n: Annotated[int, typer.Option("--n", min=1, help="Images to send.")] = 500,
+    rate: Annotated[float | None, typer.Option(help="At most this many requests per second.")] = None,
+    feedback: Annotated[bool, typer.Option(help="Also send each true label to /feedback.")] = False,
+    seed: Annotated[int, typer.Option(help="Which images are drawn.")] = 0,
+) -> None:
+    """Send real images (MNIST test, Fashion-MNIST, shifted digits) to a running service."""
+    from rich.progress import Progress
+
+    from mnistops.config import load_settings
+    from mnistops.monitor.simulate import SCENARIOS, scenario_images
+    from mnistops.monitor.simulate import simulate as send
+
+    if scenario not in SCENARIOS:
+        raise typer.BadParameter(f"choose one of {', '.join(SCENARIOS)}", param_hint="--scenario")
+    images, labels = scenario_images(scenario, load_settings(), n, seed)
+    with Progress() as bar:
+        task = bar.add_task(f"{scenario} → {url}", total=n)
+        outcomes = send(url, images, rate=rate, labels=labels, feedback=feedback,
+                        progress=lambda k: bar.advance(task, k))  # fmt: skip
+    typer.echo(", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())))
+
+
+@monitor_app.command("report")
+def report(
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
+    since: Annotated[
+        datetime | None, typer.Option(help="Only predictions at or after this time (ISO 8601).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model whose reference profile to compare with [champion].")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML drift report from the prediction log."""
+    from mnistops.config import load_settings
+    from mnistops.monitor.report import build_report
+    from mnistops.registry import resolve
+
+    settings = load_settings(model_uri=model)
+    try:
+        summary = build_report(settings.prediction_log, resolve(settings.model_uri, settings), out, since)
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"wrote {out}: {summary}")
+
+
+def retrain(
+    url: Annotated[
+        str | None, typer.Option(help="Running service whose drift verdict decides.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Retrain whatever the verdict.")] = False,
+    model: Annotated[str, typer.Option(help="Architecture: mlp or cnn.")] = "mlp",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs [the recipe's].")] = None,
+    limit: Annotated[int | None, typer.Option(min=100, help="First N MNIST training images only.")] = None,
+) -> None:
+    """Retrain on MNIST plus feedback-labelled logged images when the service reports drift
+    (or with --force); the new version goes through the quality gate."""
+    from mnistops.config import load_settings
+    from mnistops.model import DEFAULT_EPOCHS
+    from mnistops.monitor.retrain import retrain as run_retrain
+    from mnistops.train import TrainParams
+
+    params = TrainParams(model=model, epochs=epochs or DEFAULT_EPOCHS[model], limit=limit)
+    try:
+        result = run_retrain(load_settings(), url=url, force=force, params=params)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if result is not None:
+        typer.echo(f"version {result.version}: {result.decision} ({result.reason})")

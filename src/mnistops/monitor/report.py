@@ -1,0 +1,144 @@
+"""A self-contained HTML drift report from the prediction log.
+
+Plots are drawn with matplotlib and embedded as base64 PNGs, so the report is one file
+that opens anywhere offline. (Evidently would also work on our tabular features, but
+it pulls in a large dependency tree for four kinds of plot; matplotlib is already the
+training stage's plotting library.)
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from mnistops.bundle import ModelBundle
+from mnistops.features import FEATURE_NAMES
+from mnistops.monitor.drift import DriftDetector
+from mnistops.monitor.predlog import feedback, make_engine, predictions
+
+WINDOW = 500
+
+
+def load_log(url: str, since: datetime | None = None) -> dict[str, Any]:
+    """Logged predictions (oldest first) with any feedback labels."""
+    engine = make_engine(url)
+    query = sa.select(
+        predictions.c.ts, predictions.c.request_id, predictions.c.model_version,
+        predictions.c.label, predictions.c.confidence, predictions.c.probabilities,
+        predictions.c.features, feedback.c.label.label("true_label"),
+    ).select_from(
+        predictions.outerjoin(feedback, feedback.c.request_id == predictions.c.request_id)
+    ).order_by(predictions.c.id)  # fmt: skip
+    if since is not None:
+        query = query.where(predictions.c.ts >= since)
+    with engine.connect() as db:
+        rows = db.execute(query).all()
+    engine.dispose()
+    return {
+        "ts": [r.ts for r in rows],
+        "label": np.array([r.label for r in rows], dtype=np.int64),
+        "confidence": np.array([r.confidence for r in rows], dtype=np.float32),
+        "probabilities": np.array([r.probabilities for r in rows], dtype=np.float32).reshape(-1, 10),
+        "features": np.array(
+            [[r.features[n] for n in FEATURE_NAMES] for r in rows], dtype=np.float32
+        ).reshape(-1, len(FEATURE_NAMES)),
+        "true_label": np.array([-1 if r.true_label is None else r.true_label for r in rows]),
+        "versions": sorted({r.model_version for r in rows}),
+    }
+
+
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _figures(log: dict[str, Any], bundle: ModelBundle) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reference = bundle.reference()
+    out: dict[str, str] = {}
+    fig, axes = plt.subplots(1, len(FEATURE_NAMES), figsize=(4 * len(FEATURE_NAMES), 3))
+    for j, (ax, name) in enumerate(zip(axes, FEATURE_NAMES, strict=True)):
+        ax.hist(reference.features[:, j], bins=40, density=True, alpha=0.5, label="reference")
+        ax.hist(log["features"][:, j], bins=40, density=True, alpha=0.5, label="production")
+        ax.set_title(name)
+        ax.legend()
+    out["Input statistics: production against reference"] = _png(fig)
+
+    detector = DriftDetector(reference, WINDOW, WINDOW, 0.001)
+    starts = list(range(0, max(1, len(log["label"]) - WINDOW + 1), max(1, WINDOW // 2)))
+    pvalues = [detector.check(log["features"][s : s + WINDOW], log["probabilities"][s : s + WINDOW])
+               for s in starts if len(log["label"][s : s + WINDOW]) >= 50]  # fmt: skip
+    if pvalues:
+        fig, ax = plt.subplots(figsize=(10, 3.5))
+        for name in pvalues[0].tests:
+            ax.plot([max(r.tests[name].pvalue, 1e-300) for r in pvalues], label=name, lw=1)
+        ax.axhline(pvalues[0].threshold, color="red", ls="--", label="drift threshold")
+        ax.set(yscale="log", xlabel=f"window (of {WINDOW}, half overlapping)", ylabel="p-value")
+        ax.legend(fontsize=6, ncol=4)
+        out["p-values over time"] = _png(fig)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ref_labels = np.bincount(reference.probabilities.argmax(1), minlength=10) / len(reference.labels)
+    now = np.bincount(log["label"], minlength=10) / max(1, len(log["label"]))
+    left.bar(np.arange(10) - 0.2, ref_labels, 0.4, label="reference")
+    left.bar(np.arange(10) + 0.2, now, 0.4, label="production")
+    left.set(title="Predicted digits", xticks=range(10))
+    left.legend()
+    right.hist(reference.probabilities.max(1), bins=30, density=True, alpha=0.5, label="reference")
+    right.hist(log["confidence"], bins=30, density=True, alpha=0.5, label="production")
+    right.set(title="Confidence")
+    right.legend()
+    out["Predictions and confidence"] = _png(fig)
+    return out
+
+
+def build_report(url: str, bundle: ModelBundle, out: Path, since: datetime | None = None) -> dict[str, Any]:
+    """Write the report to ``out``; return its headline numbers."""
+    log = load_log(url, since)
+    count = len(log["label"])
+    if count == 0:
+        raise ValueError("the prediction log holds no predictions for that period")
+    labelled = log["true_label"] >= 0
+    accuracy = float((log["label"][labelled] == log["true_label"][labelled]).mean()) if labelled.any() else None
+    figures = _figures(log, bundle)
+    detector = DriftDetector(bundle.reference(), WINDOW, WINDOW, 0.001)
+    last = detector.check(log["features"][-WINDOW:], log["probabilities"][-WINDOW:])
+    summary = {
+        "predictions": count, "versions": log["versions"], "drift": last.drift,
+        "live_accuracy": accuracy, "feedback": int(labelled.sum()),
+    }  # fmt: skip
+    rows = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{r.statistic:.4f}</td><td>{r.pvalue:.3g}</td></tr>"
+        for n, r in last.tests.items()
+    )
+    sections = "".join(
+        f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+        for title, data in figures.items()
+    )
+    accuracy_text = "no feedback yet" if accuracy is None else f"{accuracy:.3f} over {summary['feedback']} labels"
+    out.write_text(f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>mnistops drift report</title><style>body{{font-family:system-ui,sans-serif;margin:2rem;
+max-width:1200px}} img{{max-width:100%}} td,th{{padding:.2rem .8rem;text-align:left}}</style></head>
+<body><h1>mnistops drift report</h1>
+<p>{count} predictions from {html.escape(str(log['ts'][0]))} to {html.escape(str(log['ts'][-1]))};
+model versions {html.escape(', '.join(log['versions']))}; reference: version {html.escape(bundle.version)}.</p>
+<p><b>Drift over the last {min(count, WINDOW)} predictions: {'YES' if last.drift else 'no'}</b>
+(threshold {last.threshold:.2g}). Live accuracy: {accuracy_text}.</p>
+<table><tr><th>test</th><th>statistic</th><th>p-value</th></tr>{rows}</table>
+{sections}</body></html>""")  # fmt: skip
+    return summary

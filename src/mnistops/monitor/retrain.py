@@ -1,0 +1,72 @@
+"""Retraining on drift: the served model's verdict, feedback-labelled logged images, a new
+candidate registered behind the quality gate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+import sqlalchemy as sa
+
+from mnistops.config import Settings
+from mnistops.features import IMAGE_SIDE
+from mnistops.monitor.predlog import feedback, make_engine, predictions
+
+
+def drift_verdict(url: str) -> dict[str, Any]:
+    """The running service's GET /monitoring/drift answer."""
+    response = httpx.get(url.rstrip("/") + "/monitoring/drift", timeout=30)
+    response.raise_for_status()
+    verdict: dict[str, Any] = response.json()
+    return verdict
+
+
+def labelled_images(log_url: str) -> tuple[np.ndarray, np.ndarray]:
+    """Logged 28x28 inputs that received a true label through /feedback."""
+    engine = make_engine(log_url)
+    query = sa.select(predictions.c.image, feedback.c.label).select_from(
+        predictions.join(feedback, feedback.c.request_id == predictions.c.request_id)
+    ).where(predictions.c.image.is_not(None))  # fmt: skip
+    try:
+        with engine.connect() as db:
+            rows = db.execute(query).all()
+    except sa.exc.OperationalError:
+        rows = []  # no log yet: nothing labelled
+    finally:
+        engine.dispose()
+    if not rows:
+        return np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8), np.zeros(0, np.uint8)
+    images = np.stack([np.frombuffer(r.image, np.uint8).reshape(IMAGE_SIDE, IMAGE_SIDE) for r in rows])
+    return images, np.array([r.label for r in rows], dtype=np.uint8)
+
+
+def retrain(
+    settings: Settings,
+    *,
+    url: str | None,
+    force: bool,
+    params: Any,
+    log: Callable[[str], None] = print,
+) -> Any:
+    """Train a candidate when the service reports drift (or when forced).
+
+    Returns the TrainResult, or None when there was no reason to retrain.
+    """
+    from mnistops.train import train
+
+    if not force:
+        if url is None:
+            raise ValueError("give --url of the running service to ask for its drift verdict, or --force")
+        verdict = drift_verdict(url)
+        if not verdict.get("drift"):
+            log(f"no drift reported by {url} (version {verdict.get('model_version')}): nothing to do")
+            return None
+        log(f"{url} reports drift on version {verdict.get('model_version')}: retraining")
+    images, labels = labelled_images(settings.prediction_log)
+    log(f"adding {len(images)} feedback-labelled images from the prediction log")
+    return train(
+        settings, params, extra_train=(images, labels) if len(images) else None,
+        tags={"trigger": "forced" if force else "drift", "feedback_images": str(len(images))}, log=log,
+    )  # fmt: skip

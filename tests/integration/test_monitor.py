@@ -1,0 +1,73 @@
+"""Monitoring end to end on a real server: metrics, drift verdict, feedback, the report,
+and retraining on drift."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mnistops.config import Settings
+from mnistops.monitor.simulate import scenario_images, simulate
+from tests.conftest import free_port
+from tests.support.server import run_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store_copy(trained_settings: Settings, tmp_path: Path) -> Settings:
+    home = tmp_path / "home"
+    shutil.copytree(trained_settings.home, home)
+    return Settings(home=home, mnist_dir=trained_settings.mnist_dir, accuracy_floor=0.5)
+
+
+def test_drift_feedback_report_and_retrain(store_copy: Settings, tmp_path: Path) -> None:
+    env = {"MNISTOPS_DRIFT_MIN_INTERVAL_S": "0", "MNISTOPS_MNIST_DIR": str(store_copy.mnist_dir)}
+    with run_server("models:/mnist-classifier@champion", free_port(), store_copy.home, env) as srv:
+        clean, labels = scenario_images("clean", store_copy, 300, seed=1)
+        assert simulate(srv.url, clean, labels=labels, feedback=True) == {"200": 300}
+        client = httpx.Client(base_url=srv.url, timeout=30)
+        verdict = client.get("/monitoring/drift").json()
+        assert verdict["checked"] and verdict["drift"] is False, verdict
+        metrics = client.get("/metrics").text
+        assert "mnistops_live_accuracy 0.9" in metrics or "mnistops_live_accuracy 1.0" in metrics
+        assert 'mnistops_feedback_total{correct="true"}' in metrics
+
+        fashion, _ = scenario_images("fashion", store_copy, 200, seed=2)
+        assert simulate(srv.url, fashion) == {"200": 200}
+        verdict = client.get("/monitoring/drift").json()
+        assert verdict["drift"] is True
+        assert verdict["tests"]["ks_pixel_mean"]["pvalue"] < verdict["threshold"]
+        metrics = client.get("/metrics").text
+        assert 'mnistops_drift_detected{model="mnist-classifier",version="1"} 1.0' in metrics
+        assert 'mnistops_drift_pvalue{test="bbsd_0"}' in metrics
+        assert "mnistops_input_pixel_mean_bucket" in metrics
+        assert 'mnistops_predictions_total{digit="7",model="mnist-classifier",version="1"}' in metrics
+
+        env_cli = {"MNISTOPS_HOME": str(store_copy.home), "MNISTOPS_MNIST_DIR": str(store_copy.mnist_dir),
+                   "MNISTOPS_ACCURACY_FLOOR": "0.5", "PATH": str(Path(sys.executable).parent)}  # fmt: skip
+        retrain = subprocess.run(
+            [sys.executable, "-m", "mnistops.cli", "retrain", "--url", srv.url, "--epochs", "1",
+             "--limit", "3000"], env=env_cli, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert retrain.returncode == 0, retrain.stderr[-3000:]
+        assert "reports drift" in retrain.stdout
+        assert "adding 300 feedback-labelled images" in retrain.stdout
+        assert "version 2:" in retrain.stdout
+
+    report = tmp_path / "report.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "mnistops.cli", "monitor", "report", "--out", str(report),
+         "--model", "models:/mnist-classifier/1"],
+        env=env_cli, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = report.read_text()
+    assert "500 predictions" in text and "Drift over the last 500 predictions: <b>" not in text
+    assert text.count("data:image/png;base64,") >= 3 and "http://" not in text
+    assert "Live accuracy: 0.9" in text or "Live accuracy: 1.0" in text

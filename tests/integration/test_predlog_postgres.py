@@ -1,0 +1,78 @@
+"""The prediction log on a real PostgreSQL: rows land; the store stops under load and
+predictions still succeed, drops are counted, writing resumes when it is back."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from mnistops.data import Mnist
+from tests.conftest import free_port
+from tests.support.postgres import PostgresServer
+from tests.support.server import run_server
+
+pytestmark = pytest.mark.integration
+
+
+def _metric(text: str, name: str) -> float:
+    found = re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
+    return sum(float(v) for v in found)
+
+
+def _rows(server: PostgresServer, database: str) -> int:
+    dsn = f"host=127.0.0.1 port={server.port} user=postgres dbname={database}"
+    with psycopg.connect(dsn) as db:
+        return int(db.execute("SELECT count(*) FROM predictions").fetchone()[0])  # type: ignore[index]
+
+
+def test_store_outage_loses_no_prediction_and_writing_resumes(
+    trained_bundle, mnist: Mnist, postgres: PostgresServer, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    url = postgres.create_database("predictions_outage")
+    env = {"MNISTOPS_PREDICTION_LOG_URL": url}
+    with run_server(str(trained_bundle.path), free_port(), tmp_path, env) as srv:
+        client = httpx.Client(base_url=srv.url, timeout=30)
+
+        def send(count: int, offset: int) -> list[int]:
+            return [client.post("/predict", json={"image": mnist.x_test[offset + i].tolist()}).status_code
+                    for i in range(count)]  # fmt: skip
+
+        assert set(send(100, 0)) == {200}
+        deadline = time.monotonic() + 15
+        while _rows(postgres, "predictions_outage") < 100 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _rows(postgres, "predictions_outage") == 100
+
+        rid = client.post("/predict", json={"image": mnist.x_test[0].tolist()}).json()["request_id"]
+        postgres.stop()
+        try:
+            assert set(send(300, 100)) == {200}  # the store is down: predictions still succeed
+            feedback = client.post("/feedback", json={"request_id": rid, "label": 7})
+            assert feedback.status_code == 503 and "unavailable" in feedback.json()["error"]
+            time.sleep(1.5)
+            dropped = _metric(client.get("/metrics").text, "mnistops_prediction_log_rows_dropped_total")
+            assert dropped > 0
+        finally:
+            postgres.start()
+        postgres.wait_ready()
+        time.sleep(6)  # longest retry back-off
+        assert set(send(50, 400)) == {200}
+        deadline = time.monotonic() + 20
+        written_after = 0
+        while time.monotonic() < deadline:
+            metrics = client.get("/metrics").text
+            written_after = _metric(metrics, "mnistops_prediction_log_rows_written_total")
+            if _rows(postgres, "predictions_outage") >= 150:
+                break
+            time.sleep(0.3)
+        rows = _rows(postgres, "predictions_outage")
+        total = 451
+        dropped = _metric(client.get("/metrics").text, "mnistops_prediction_log_rows_dropped_total")
+        assert rows >= 150 and written_after == rows
+        assert rows + dropped == total  # every prediction is either logged or counted as dropped
+        assert client.post("/feedback", json={"request_id": rid, "label": 7}).status_code in (200, 404)

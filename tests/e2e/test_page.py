@@ -58,7 +58,9 @@ def test_drawing_a_one_shows_a_prediction_and_bars(page, tmp_path: Path) -> None
     page.mouse.up()
     page.wait_for_function("document.getElementById('digit').textContent !== ''", timeout=10_000)
     assert page.locator("#digit").text_content() == "1"
-    widths = page.eval_on_selector_all(".bar > div", "els => els.map(e => parseFloat(e.style.width))")
+    widths = page.eval_on_selector_all(
+        ".bar > div", "els => els.map(e => parseFloat(e.style.width))"
+    )
     assert len(widths) == 10 and abs(sum(widths) - 100) < 2
     assert "version 1" in page.locator("#model").text_content()
     page.screenshot(path=str(tmp_path / "drawn.png"))
@@ -74,7 +76,9 @@ def test_uploading_an_mnist_digit_shows_its_label(page, mnist: Mnist, tmp_path: 
         path.write_bytes(buffer.getvalue())
         page.click("#clear")
         page.set_input_files("#file", str(path))
-        page.wait_for_function("document.getElementById('digit').textContent !== ''", timeout=10_000)
+        page.wait_for_function(
+            "document.getElementById('digit').textContent !== ''", timeout=10_000
+        )
         assert page.locator("#digit").text_content() == str(mnist.y_test[index])
 
 
@@ -85,4 +89,3 @@ def test_page_loads_nothing_from_outside(browser, live: RunningServer) -> None: 
     page.goto(live.url + "/")
     page.wait_for_load_state("networkidle")
     assert requested and all(url.startswith(live.url) for url in requested), requested
-

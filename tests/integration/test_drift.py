@@ -43,7 +43,10 @@ def _first_alarm(detector: DriftDetector, features: np.ndarray, probs: np.ndarra
 
 @pytest.mark.parametrize("scenario", ["fashion", "rotate", "invert", "noise"])
 def test_shifted_traffic_is_flagged_within_200_predictions(
-    scenario: str, predictor: Predictor, trained_bundle, trained_settings: Settings  # type: ignore[no-untyped-def]
+    scenario: str,
+    predictor: Predictor,
+    trained_bundle,
+    trained_settings: Settings,  # type: ignore[no-untyped-def]
 ) -> None:
     detector = DriftDetector(trained_bundle.reference(), WINDOW, EVERY, ALPHA)
     clean, _ = scenario_images("clean", trained_settings, 300, seed=1)
@@ -55,7 +58,9 @@ def test_shifted_traffic_is_flagged_within_200_predictions(
 
 
 def test_clean_traffic_false_alarm_rate_is_at_most_one_percent(
-    predictor: Predictor, trained_bundle, trained_settings: Settings  # type: ignore[no-untyped-def]
+    predictor: Predictor,
+    trained_bundle,
+    trained_settings: Settings,  # type: ignore[no-untyped-def]
 ) -> None:
     detector = DriftDetector(trained_bundle.reference(), WINDOW, EVERY, ALPHA)
     images, _ = scenario_images("clean", trained_settings, 10_000, seed=3)
@@ -69,12 +74,20 @@ def test_clean_traffic_false_alarm_rate_is_at_most_one_percent(
     assert alarms / windows <= 0.01, alarms
 
 
-def test_every_test_is_reported_with_statistic_and_pvalue(predictor: Predictor, trained_bundle, trained_settings: Settings) -> None:  # type: ignore[no-untyped-def]
+def test_every_test_is_reported_with_statistic_and_pvalue(
+    predictor: Predictor, trained_bundle, trained_settings: Settings
+) -> None:  # type: ignore[no-untyped-def]
     detector = DriftDetector(trained_bundle.reference(), WINDOW, EVERY, ALPHA)
     images, _ = scenario_images("clean", trained_settings, 200, seed=5)
     report = detector.check(*_stream(predictor, images))
     names = set(report.tests)
-    assert {"ks_pixel_mean", "ks_pixel_std", "ks_ink_fraction", "label_chi2", "confidence_drop"} <= names
+    assert {
+        "ks_pixel_mean",
+        "ks_pixel_std",
+        "ks_ink_fraction",
+        "label_chi2",
+        "confidence_drop",
+    } <= names
     assert {f"bbsd_{d}" for d in range(10)} <= names
     assert report.threshold == pytest.approx(ALPHA / len(names))
     assert all(0.0 <= r.pvalue <= 1.0 for r in report.tests.values())

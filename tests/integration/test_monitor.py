@@ -47,7 +47,9 @@ def test_drift_feedback_report_and_retrain(store_copy: Settings, tmp_path: Path)
         assert 'mnistops_drift_detected{model="mnist-classifier",version="1"} 1.0' in metrics
         assert 'mnistops_drift_pvalue{test="bbsd_0"}' in metrics
         assert "mnistops_input_pixel_mean_bucket" in metrics
-        assert 'mnistops_predictions_total{digit="7",model="mnist-classifier",version="1"}' in metrics
+        assert (
+            'mnistops_predictions_total{digit="7",model="mnist-classifier",version="1"}' in metrics
+        )
 
         env_cli = {"MNISTOPS_HOME": str(store_copy.home), "MNISTOPS_MNIST_DIR": str(store_copy.mnist_dir),
                    "MNISTOPS_ACCURACY_FLOOR": "0.5", "PATH": str(Path(sys.executable).parent)}  # fmt: skip

@@ -31,7 +31,10 @@ def _rows(server: PostgresServer, database: str) -> int:
 
 
 def test_store_outage_loses_no_prediction_and_writing_resumes(
-    trained_bundle, mnist: Mnist, postgres: PostgresServer, tmp_path: Path  # type: ignore[no-untyped-def]
+    trained_bundle,
+    mnist: Mnist,
+    postgres: PostgresServer,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     url = postgres.create_database("predictions_outage")
     env = {"MNISTOPS_PREDICTION_LOG_URL": url}
@@ -55,7 +58,9 @@ def test_store_outage_loses_no_prediction_and_writing_resumes(
             feedback = client.post("/feedback", json={"request_id": rid, "label": 7})
             assert feedback.status_code == 503 and "unavailable" in feedback.json()["error"]
             time.sleep(1.5)
-            dropped = _metric(client.get("/metrics").text, "mnistops_prediction_log_rows_dropped_total")
+            dropped = _metric(
+                client.get("/metrics").text, "mnistops_prediction_log_rows_dropped_total"
+            )
             assert dropped > 0
         finally:
             postgres.start()
@@ -75,4 +80,7 @@ def test_store_outage_loses_no_prediction_and_writing_resumes(
         dropped = _metric(client.get("/metrics").text, "mnistops_prediction_log_rows_dropped_total")
         assert rows >= 150 and written_after == rows
         assert rows + dropped == total  # every prediction is either logged or counted as dropped
-        assert client.post("/feedback", json={"request_id": rid, "label": 7}).status_code in (200, 404)
+        assert client.post("/feedback", json={"request_id": rid, "label": 7}).status_code in (
+            200,
+            404,
+        )

@@ -47,7 +47,9 @@ def _accuracy(predicted: list[int], mnist: Mnist) -> float:
     return float((np.array(predicted) == mnist.y_test[:DIGITS]).mean())
 
 
-def test_json_single_images_are_labelled_at_model_accuracy(client: httpx.Client, mnist: Mnist, trained_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_json_single_images_are_labelled_at_model_accuracy(
+    client: httpx.Client, mnist: Mnist, trained_bundle
+) -> None:  # type: ignore[no-untyped-def]
     predicted = []
     for image in mnist.x_test[:DIGITS]:
         response = client.post("/predict", json={"image": image.tolist()})
@@ -71,7 +73,9 @@ def test_json_floats_and_batches_agree(client: httpx.Client, mnist: Mnist) -> No
     assert as_bytes["digit"] == digits[0]
 
 
-def test_png_upload_and_raw_body_label_digits(client: httpx.Client, mnist: Mnist, trained_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_png_upload_and_raw_body_label_digits(
+    client: httpx.Client, mnist: Mnist, trained_bundle
+) -> None:  # type: ignore[no-untyped-def]
     predicted = []
     for i, image in enumerate(mnist.x_test[:DIGITS]):
         data = _png(image)
@@ -90,7 +94,9 @@ def test_large_dark_on_light_jpeg_is_normalised(client: httpx.Client, mnist: Mni
         picture = Image.fromarray(255 - image).resize((300, 300)).convert("RGB")
         buffer = io.BytesIO()
         picture.save(buffer, "JPEG", quality=90)
-        answer = client.post("/predict", content=buffer.getvalue(), headers={"content-type": "image/jpeg"})
+        answer = client.post(
+            "/predict", content=buffer.getvalue(), headers={"content-type": "image/jpeg"}
+        )
         right += answer.json()["digit"] == label
     assert right >= 40
 
@@ -99,7 +105,10 @@ def test_open_inference_protocol_infer(client: httpx.Client, mnist: Mnist, train
     images = mnist.x_test[:DIGITS]
     request = {"inputs": [{"name": "pixels", "shape": [DIGITS, 28, 28], "datatype": "UINT8",
                            "data": images.tolist()}]}  # fmt: skip
-    for path in ("/v2/models/mnist-classifier/infer", "/v2/models/mnist-classifier/versions/1/infer"):
+    for path in (
+        "/v2/models/mnist-classifier/infer",
+        "/v2/models/mnist-classifier/versions/1/infer",
+    ):
         body = client.post(path, json=request).json()
         probabilities, label = body["outputs"]
         assert probabilities["shape"] == [DIGITS, 10] and label["shape"] == [DIGITS]
@@ -170,14 +179,18 @@ def test_body_over_the_limit_is_refused_with_413(client: httpx.Client) -> None:
         for _ in range(300):
             yield b"0," * 2000
 
-    response = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    response = client.post(
+        "/predict", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
 
 
 def test_decompression_bomb_is_refused(client: httpx.Client) -> None:
     buffer = io.BytesIO()
     Image.new("L", (8000, 8000), 255).save(buffer, "PNG")  # 64 Mpx, compresses to ~60 kB
-    response = client.post("/predict", content=buffer.getvalue(), headers={"content-type": "image/png"})
+    response = client.post(
+        "/predict", content=buffer.getvalue(), headers={"content-type": "image/png"}
+    )
     assert response.status_code == 413 and "pixels" in response.json()["error"]
 
 
@@ -185,7 +198,9 @@ def test_unknown_model_or_version_is_404(client: httpx.Client) -> None:
     assert client.get("/v2/models/resnet").status_code == 404
     response = client.get("/v2/models/mnist-classifier/versions/7")
     assert response.status_code == 404 and "serving version 1" in response.json()["error"]
-    infer = {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": [0] * 784}]}
+    infer = {
+        "inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": [0] * 784}]
+    }
     assert client.post("/v2/models/resnet/infer", json=infer).status_code == 404
 
 
@@ -224,6 +239,8 @@ with TestClient(create_app(settings)) as client:
 loaded = sorted(m for m in ("keras", "torch", "jax", "tensorflow", "mlflow") if m in sys.modules)
 print("LOADED", loaded)
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "LOADED []" in done.stdout

@@ -50,6 +50,8 @@ def _fuzz(operation, url: str, examples: int, failures: list[str], counter: list
         counter[0] += 1
         response = case.call(base_url=url, timeout=30)
         if response.status_code >= 500:
-            failures.append(f"{case.method} {case.path} -> {response.status_code}: {response.text[:200]}")
+            failures.append(
+                f"{case.method} {case.path} -> {response.status_code}: {response.text[:200]}"
+            )
 
     run()

@@ -73,14 +73,20 @@ class Load:
             thread.join(15)
 
 
-def test_admin_reload_swaps_under_load_with_zero_failures(two_version_home: Settings, mnist: Mnist) -> None:
+def test_admin_reload_swaps_under_load_with_zero_failures(
+    two_version_home: Settings, mnist: Mnist
+) -> None:
     from mnistops.registry import promote
 
     env = {"MNISTOPS_ADMIN_TOKEN": TOKEN}
-    with run_server("models:/mnist-classifier@champion", free_port(), two_version_home.home, env) as srv:
+    with run_server(
+        "models:/mnist-classifier@champion", free_port(), two_version_home.home, env
+    ) as srv:
         admin = httpx.Client(base_url=srv.url, timeout=30)
         assert admin.post("/admin/reload").status_code == 401
-        assert admin.post("/admin/reload", headers={"Authorization": "Basic abc"}).status_code == 401
+        assert (
+            admin.post("/admin/reload", headers={"Authorization": "Basic abc"}).status_code == 401
+        )
         wrong = admin.post("/admin/reload", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 403
         auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -94,14 +100,19 @@ def test_admin_reload_swaps_under_load_with_zero_failures(two_version_home: Sett
         assert set(load.outcomes) == {"200"}, load.outcomes
         assert load.versions["1"] > 0 and load.versions["2"] > 0
         assert admin.get("/v2/models/mnist-classifier").json()["versions"] == ["2"]
-        assert 'mnistops_model_info{name="mnist-classifier",version="2"} 1.0' in admin.get("/metrics").text
+        assert (
+            'mnistops_model_info{name="mnist-classifier",version="2"} 1.0'
+            in admin.get("/metrics").text
+        )
 
 
 def test_moved_alias_is_picked_up_by_polling(two_version_home: Settings, mnist: Mnist) -> None:
     from mnistops.registry import promote
 
     env = {"MNISTOPS_RELOAD_INTERVAL_S": "0.3"}
-    with run_server("models:/mnist-classifier@champion", free_port(), two_version_home.home, env) as srv:
+    with run_server(
+        "models:/mnist-classifier@champion", free_port(), two_version_home.home, env
+    ) as srv:
         with Load(srv.url, mnist, threads=2) as load:
             time.sleep(0.5)
             promote(two_version_home, "2")
@@ -112,7 +123,9 @@ def test_moved_alias_is_picked_up_by_polling(two_version_home: Settings, mnist: 
         assert load.versions["2"] > 0
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_zero(trained_bundle, mnist: Mnist, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_drains_in_flight_requests_and_exits_zero(
+    trained_bundle, mnist: Mnist, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     env = {"MNISTOPS_GRACE_PERIOD_S": "5"}
     with run_server(str(trained_bundle.path), free_port(), tmp_path, env) as srv:
         with Load(srv.url, mnist, threads=6) as load:

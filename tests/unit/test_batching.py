@@ -44,7 +44,9 @@ def test_batches_never_exceed_max_size() -> None:
         batcher = MicroBatcher(max_size=8, max_wait_ms=5)
         batcher.start()
         model = Recording(0.0)
-        await asyncio.gather(*(batcher.predict(model, np.zeros((1, 784), np.float32)) for _ in range(50)))  # type: ignore[arg-type]
+        await asyncio.gather(
+            *(batcher.predict(model, np.zeros((1, 784), np.float32)) for _ in range(50))
+        )  # type: ignore[arg-type]
         await batcher.stop()
         return model.calls
 
@@ -56,7 +58,10 @@ def test_requests_for_different_versions_are_not_mixed() -> None:
         batcher = MicroBatcher(max_size=64, max_wait_ms=10)
         batcher.start()
         old, new = Recording(100.0), Recording(200.0)
-        jobs = [batcher.predict(old if i % 2 else new, np.zeros((1, 784), np.float32)) for i in range(20)]  # type: ignore[arg-type]
+        jobs = [
+            batcher.predict(old if i % 2 else new, np.zeros((1, 784), np.float32))
+            for i in range(20)
+        ]  # type: ignore[arg-type]
         answers = await asyncio.gather(*jobs)
         await batcher.stop()
         return answers, old, new

@@ -19,12 +19,16 @@ def register(app: typer.Typer) -> None:
 
 @monitor_app.command("simulate")
 def simulate(
-    url: Annotated[str, typer.Option(help="Base URL of a running service.")] = "http://127.0.0.1:8000",
+    url: Annotated[
+        str, typer.Option(help="Base URL of a running service.")
+    ] = "http://127.0.0.1:8000",
     scenario: Annotated[
         str, typer.Option(help="clean, fashion, rotate, noise, invert or mix.")
     ] = "clean",
     n: Annotated[int, typer.Option("--n", min=1, help="Images to send.")] = 500,
-    rate: Annotated[float | None, typer.Option(help="At most this many requests per second.")] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="At most this many requests per second.")
+    ] = None,
     feedback: Annotated[bool, typer.Option(help="Also send each true label to /feedback.")] = False,
     seed: Annotated[int, typer.Option(help="Which images are drawn.")] = 0,
 ) -> None:
@@ -62,7 +66,9 @@ def report(
 
     settings = load_settings(model_uri=model)
     try:
-        summary = build_report(settings.prediction_log, resolve(settings.model_uri, settings), out, since)
+        summary = build_report(
+            settings.prediction_log, resolve(settings.model_uri, settings), out, since
+        )
     except ValueError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
@@ -76,7 +82,9 @@ def retrain(
     force: Annotated[bool, typer.Option(help="Retrain whatever the verdict.")] = False,
     model: Annotated[str, typer.Option(help="Architecture: mlp or cnn.")] = "mlp",
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs [the recipe's].")] = None,
-    limit: Annotated[int | None, typer.Option(min=100, help="First N MNIST training images only.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=100, help="First N MNIST training images only.")
+    ] = None,
 ) -> None:
     """Retrain on MNIST plus feedback-labelled logged images when the service reports drift
     (or with --force); the new version goes through the quality gate."""

@@ -45,7 +45,9 @@ def load_log(url: str, since: datetime | None = None) -> dict[str, Any]:
         "ts": [r.ts for r in rows],
         "label": np.array([r.label for r in rows], dtype=np.int64),
         "confidence": np.array([r.confidence for r in rows], dtype=np.float32),
-        "probabilities": np.array([r.probabilities for r in rows], dtype=np.float32).reshape(-1, 10),
+        "probabilities": np.array([r.probabilities for r in rows], dtype=np.float32).reshape(
+            -1, 10
+        ),
         "features": np.array(
             [[r.features[n] for n in FEATURE_NAMES] for r in rows], dtype=np.float32
         ).reshape(-1, len(FEATURE_NAMES)),
@@ -93,7 +95,9 @@ def _figures(log: dict[str, Any], bundle: ModelBundle) -> dict[str, str]:
         out["p-values over time"] = _png(fig)
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ref_labels = np.bincount(reference.probabilities.argmax(1), minlength=10) / len(reference.labels)
+    ref_labels = np.bincount(reference.probabilities.argmax(1), minlength=10) / len(
+        reference.labels
+    )
     now = np.bincount(log["label"], minlength=10) / max(1, len(log["label"]))
     left.bar(np.arange(10) - 0.2, ref_labels, 0.4, label="reference")
     left.bar(np.arange(10) + 0.2, now, 0.4, label="production")
@@ -107,14 +111,20 @@ def _figures(log: dict[str, Any], bundle: ModelBundle) -> dict[str, str]:
     return out
 
 
-def build_report(url: str, bundle: ModelBundle, out: Path, since: datetime | None = None) -> dict[str, Any]:
+def build_report(
+    url: str, bundle: ModelBundle, out: Path, since: datetime | None = None
+) -> dict[str, Any]:
     """Write the report to ``out``; return its headline numbers."""
     log = load_log(url, since)
     count = len(log["label"])
     if count == 0:
         raise ValueError("the prediction log holds no predictions for that period")
     labelled = log["true_label"] >= 0
-    accuracy = float((log["label"][labelled] == log["true_label"][labelled]).mean()) if labelled.any() else None
+    accuracy = (
+        float((log["label"][labelled] == log["true_label"][labelled]).mean())
+        if labelled.any()
+        else None
+    )
     figures = _figures(log, bundle)
     detector = DriftDetector(bundle.reference(), WINDOW, WINDOW, 0.001)
     last = detector.check(log["features"][-WINDOW:], log["probabilities"][-WINDOW:])
@@ -130,7 +140,11 @@ def build_report(url: str, bundle: ModelBundle, out: Path, since: datetime | Non
         f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
         for title, data in figures.items()
     )
-    accuracy_text = "no feedback yet" if accuracy is None else f"{accuracy:.3f} over {summary['feedback']} labels"
+    accuracy_text = (
+        "no feedback yet"
+        if accuracy is None
+        else f"{accuracy:.3f} over {summary['feedback']} labels"
+    )
     out.write_text(f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>mnistops drift report</title><style>body{{font-family:system-ui,sans-serif;margin:2rem;
 max-width:1200px}} img{{max-width:100%}} td,th{{padding:.2rem .8rem;text-align:left}}</style></head>

@@ -38,7 +38,9 @@ def labelled_images(log_url: str) -> tuple[np.ndarray, np.ndarray]:
         engine.dispose()
     if not rows:
         return np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8), np.zeros(0, np.uint8)
-    images = np.stack([np.frombuffer(r.image, np.uint8).reshape(IMAGE_SIDE, IMAGE_SIDE) for r in rows])
+    images = np.stack(
+        [np.frombuffer(r.image, np.uint8).reshape(IMAGE_SIDE, IMAGE_SIDE) for r in rows]
+    )
     return images, np.array([r.label for r in rows], dtype=np.uint8)
 
 
@@ -58,10 +60,14 @@ def retrain(
 
     if not force:
         if url is None:
-            raise ValueError("give --url of the running service to ask for its drift verdict, or --force")
+            raise ValueError(
+                "give --url of the running service to ask for its drift verdict, or --force"
+            )
         verdict = drift_verdict(url)
         if not verdict.get("drift"):
-            log(f"no drift reported by {url} (version {verdict.get('model_version')}): nothing to do")
+            log(
+                f"no drift reported by {url} (version {verdict.get('model_version')}): nothing to do"
+            )
             return None
         log(f"{url} reports drift on version {verdict.get('model_version')}: retraining")
     images, labels = labelled_images(settings.prediction_log)

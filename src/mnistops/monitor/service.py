@@ -61,6 +61,10 @@ class Monitor:
             settings.drift_alpha,
         )  # fmt: skip
         self._set_labels(bundle)
+        for reason in ("queue_full", "store_error"):  # export zeros before the first drop
+            metrics.LOG_DROPPED.labels(reason)
+        for correct in ("true", "false"):
+            metrics.FEEDBACK.labels(correct)
         self.router = self._make_router()
 
     # --- lifecycle ---------------------------------------------------------------

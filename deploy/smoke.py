@@ -26,7 +26,9 @@ def main() -> int:
     mnist = load_mnist(load_settings())
     right = 0
     with httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=30) as client:
-        for image, label in zip(mnist.x_test[: args.digits], mnist.y_test[: args.digits], strict=True):
+        for image, label in zip(
+            mnist.x_test[: args.digits], mnist.y_test[: args.digits], strict=True
+        ):
             response = client.post("/predict", json={"image": image.tolist()})
             response.raise_for_status()
             right += response.json()["digit"] == label

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 import pytest
 
 from mnistops.config import Settings
@@ -32,13 +33,17 @@ def _engine_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def image(trained_settings: Settings) -> str:
-    assert shutil.which("podman") or shutil.which("docker"), "podman (or a Docker engine) is required"
+    assert shutil.which("podman") or shutil.which("docker"), (
+        "podman (or a Docker engine) is required"
+    )
     env = {**_engine_env(), "MNISTOPS_HOME": str(trained_settings.home), "IMAGE": IMAGE}
     started = time.monotonic()
     done = subprocess.run(["bash", "deploy/build-image.sh"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1500)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    print(f"image built in {time.monotonic() - started:.0f} s: {done.stdout.strip().splitlines()[-1]}")
+    print(
+        f"image built in {time.monotonic() - started:.0f} s: {done.stdout.strip().splitlines()[-1]}"
+    )
     return IMAGE
 
 
@@ -94,3 +99,64 @@ def test_image_size_is_recorded(image: str) -> None:
     assert size / 1e6 <= 600  # see README: numpy, scipy and onnxruntime alone take 250 MB
     config = _podman("image", "inspect", image, "--format", "{{json .Config.Healthcheck}}").stdout
     assert "/v2/health/ready" in config
+
+
+def test_image_with_postgresql_log_and_prometheus_scrape(
+    image: str, mnist: Mnist, postgres, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The stack's core wired for real: the api container logs predictions to PostgreSQL
+    and a real Prometheus scrapes it (host networking: no registry serves the other images)."""
+    import psycopg
+
+    log_url = postgres.create_database("stack_predictions")
+    port, prom_port = free_port(), free_port()
+    run = _podman("run", "-d", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp",
+                  "-e", f"PORT={port}", "-e", "MNISTOPS_HOST=127.0.0.1",
+                  "-e", f"MNISTOPS_PREDICTION_LOG_URL={log_url}", image)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    container = run.stdout.strip()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{"job_name": "mnistops", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+    }))  # fmt: skip
+    prometheus_bin = shutil.which("prometheus")
+    assert prometheus_bin, "prometheus is required: apt-get install prometheus"
+    prometheus = subprocess.Popen(
+        [prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            digits = [client.post("/predict", json={"image": i.tolist()}).json()["digit"]
+                      for i in mnist.x_test[:40]]  # fmt: skip
+        assert sum(d == y for d, y in zip(digits, mnist.y_test[:40], strict=True)) >= 34
+        dsn = f"host=127.0.0.1 port={postgres.port} user=postgres dbname=stack_predictions"
+        deadline = time.monotonic() + 30
+        rows = scraped = 0
+        while time.monotonic() < deadline and not (rows >= 40 and scraped):
+            time.sleep(0.5)
+            try:
+                with psycopg.connect(dsn) as db:
+                    rows = db.execute("SELECT count(*) FROM predictions").fetchone()[0]  # type: ignore[index]
+            except psycopg.errors.UndefinedTable:
+                rows = 0
+            answer = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/query",
+                               params={"query": 'sum(mnistops_predictions_total{job="mnistops"})'}).json()  # fmt: skip
+            result = answer["data"]["result"]
+            scraped = int(float(result[0]["value"][1])) if result else 0
+        assert rows >= 40, rows
+        assert scraped >= 40, scraped
+    finally:
+        prometheus.terminate()
+        prometheus.wait(10)
+        _podman("stop", "-t", "10", container)

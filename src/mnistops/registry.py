@@ -102,9 +102,11 @@ def decide(accuracy: float, floor: float, champion_accuracy: float | None) -> Ga
 
 def champion_accuracy(client: Any, name: str) -> float | None:
     """The current champion's test accuracy, or None when there is no champion."""
+    from mlflow.exceptions import MlflowException
+
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
-    except Exception:
+    except MlflowException:
         return None
     value = version.tags.get(TAG_ACCURACY)
     return float(value) if value is not None else None
@@ -126,9 +128,11 @@ def gate(settings: Settings, version: str, accuracy: float) -> GateDecision:
 
 
 def _move_champion(client: Any, name: str, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
     try:
         previous = client.get_model_version_by_alias(name, CHAMPION).version
-    except Exception:
+    except MlflowException:
         previous = None
     if previous is not None and str(previous) != str(version):
         client.set_model_version_tag(name, version, TAG_PREVIOUS, str(previous))
@@ -243,9 +247,11 @@ def list_versions(settings: Settings) -> list[str]:
     """One line per registered version: number, aliases, accuracy, gate decision."""
     client = setup_mlflow(settings)
     name = settings.registered_model
+    from mlflow.exceptions import MlflowException
+
     try:
         versions = client.search_model_versions(f"name='{name}'")
-    except Exception as exc:
+    except MlflowException as exc:
         return [f"no versions of {name} ({exc})"]
     lines = []
     for found in sorted(versions, key=lambda v: int(v.version)):

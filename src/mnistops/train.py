@@ -188,9 +188,14 @@ def _split(
     # Hold out the last fraction, as Keras' validation_split does.
     split = len(x_all) - int(len(x_all) * params.validation_split)
     return _Splits(
-        x_all[:split], y_all[:split], x_all[split:], y_all[split:],
-        _prepare(data.x_test), data.y_test.astype(np.int64), extra_key,
-    )  # fmt: skip
+        x_all[:split],
+        y_all[:split],
+        x_all[split:],
+        y_all[split:],
+        _prepare(data.x_test),
+        data.y_test.astype(np.int64),
+        extra_key,
+    )
 
 
 def _open_model(

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
 import pytest
+import yaml
 
 from mnistops.config import Settings
 from mnistops.data import Mnist
@@ -25,8 +25,13 @@ SIZE_LIMIT_MB = 250
 
 def _engine_env() -> dict[str, str]:
     env = dict(os.environ)
-    conf = subprocess.run(["bash", "-c", "source deploy/podman-env.sh && echo $CONTAINERS_CONF"],
-                          cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
+    conf = subprocess.run(
+        ["bash", "-c", "source deploy/podman-env.sh && echo $CONTAINERS_CONF"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     env["CONTAINERS_CONF"] = conf.stdout.strip()
     return env
 
@@ -38,8 +43,14 @@ def image(trained_settings: Settings) -> str:
     )
     env = {**_engine_env(), "MNISTOPS_HOME": str(trained_settings.home), "IMAGE": IMAGE}
     started = time.monotonic()
-    done = subprocess.run(["bash", "deploy/build-image.sh"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1500)  # fmt: skip
+    done = subprocess.run(
+        ["bash", "deploy/build-image.sh"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     print(
         f"image built in {time.monotonic() - started:.0f} s: {done.stdout.strip().splitlines()[-1]}"
@@ -48,15 +59,17 @@ def image(trained_settings: Settings) -> str:
 
 
 def _podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], env=_engine_env(), capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        ["podman", *args], env=_engine_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_image_serves_digits_as_non_root_and_stops_cleanly(image: str, mnist: Mnist) -> None:
     port = free_port()
     started = time.perf_counter()
-    run = _podman("run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8000", "--read-only",
-                  "--tmpfs", "/tmp", image)  # fmt: skip
+    run = _podman(
+        "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8000", "--read-only", "--tmpfs", "/tmp", image
+    )
     assert run.returncode == 0, run.stderr
     container = run.stdout.strip()
     try:
@@ -91,8 +104,14 @@ def test_image_serves_digits_as_non_root_and_stops_cleanly(image: str, mnist: Mn
 
 def test_image_size_is_recorded(image: str) -> None:
     size = int(_podman("image", "inspect", image, "--format", "{{.Size}}").stdout.strip())
-    save = subprocess.run(f"podman save {image} | gzip -1 | wc -c", shell=True, env=_engine_env(),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    save = subprocess.run(
+        f"podman save {image} | gzip -1 | wc -c",
+        shell=True,
+        env=_engine_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     compressed = int(save.stdout.strip())
     print(f"image size: {size / 1e6:.0f} MB on disk, {compressed / 1e6:.0f} MB compressed")
     assert compressed / 1e6 <= SIZE_LIMIT_MB
@@ -110,23 +129,48 @@ def test_image_with_postgresql_log_and_prometheus_scrape(
 
     log_url = postgres.create_database("stack_predictions")
     port, prom_port = free_port(), free_port()
-    run = _podman("run", "-d", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp",
-                  "-e", f"PORT={port}", "-e", "MNISTOPS_HOST=127.0.0.1",
-                  "-e", f"MNISTOPS_PREDICTION_LOG_URL={log_url}", image)  # fmt: skip
+    run = _podman(
+        "run",
+        "-d",
+        "--rm",
+        "--network",
+        "host",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "-e",
+        f"PORT={port}",
+        "-e",
+        "MNISTOPS_HOST=127.0.0.1",
+        "-e",
+        f"MNISTOPS_PREDICTION_LOG_URL={log_url}",
+        image,
+    )
     assert run.returncode == 0, run.stderr
     container = run.stdout.strip()
     config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s"},
-        "scrape_configs": [{"job_name": "mnistops", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s"},
+                "scrape_configs": [
+                    {"job_name": "mnistops", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+                ],
+            }
+        )
+    )
     prometheus_bin = shutil.which("prometheus")
     assert prometheus_bin, "prometheus is required: apt-get install prometheus"
     prometheus = subprocess.Popen(
-        [prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            prometheus_bin,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -137,8 +181,10 @@ def test_image_with_postgresql_log_and_prometheus_scrape(
             except httpx.TransportError:
                 time.sleep(0.1)
         with httpx.Client(base_url=url, timeout=10) as client:
-            digits = [client.post("/predict", json={"image": i.tolist()}).json()["digit"]
-                      for i in mnist.x_test[:40]]  # fmt: skip
+            digits = [
+                client.post("/predict", json={"image": i.tolist()}).json()["digit"]
+                for i in mnist.x_test[:40]
+            ]
         assert sum(d == y for d, y in zip(digits, mnist.y_test[:40], strict=True)) >= 34
         dsn = f"host=127.0.0.1 port={postgres.port} user=postgres dbname=stack_predictions"
         deadline = time.monotonic() + 30
@@ -150,8 +196,10 @@ def test_image_with_postgresql_log_and_prometheus_scrape(
                     rows = db.execute("SELECT count(*) FROM predictions").fetchone()[0]  # type: ignore[index]
             except psycopg.errors.UndefinedTable:
                 rows = 0
-            answer = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/query",
-                               params={"query": 'sum(mnistops_predictions_total{job="mnistops"})'}).json()  # fmt: skip
+            answer = httpx.get(
+                f"http://127.0.0.1:{prom_port}/api/v1/query",
+                params={"query": 'sum(mnistops_predictions_total{job="mnistops"})'},
+            ).json()
             result = answer["data"]["result"]
             scraped = int(float(result[0]["value"][1])) if result else 0
         assert rows >= 40, rows

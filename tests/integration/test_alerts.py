@@ -35,17 +35,27 @@ def _tool(name: str) -> str:
 
 
 def test_alert_rules_pass_their_unit_tests() -> None:
-    done = subprocess.run([_tool("promtool"), "test", "rules", "rules.test.yml"],
-                          cwd=DEPLOY / "prometheus", capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [_tool("promtool"), "test", "rules", "rules.test.yml"],
+        cwd=DEPLOY / "prometheus",
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_prometheus_and_alertmanager_configs_are_valid() -> None:
-    rules = subprocess.run([_tool("promtool"), "check", "rules", str(DEPLOY / "prometheus/rules.yml")],
-                           capture_output=True, text=True)  # fmt: skip
+    rules = subprocess.run(
+        [_tool("promtool"), "check", "rules", str(DEPLOY / "prometheus/rules.yml")],
+        capture_output=True,
+        text=True,
+    )
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    am = subprocess.run([_tool("amtool"), "check-config", str(DEPLOY / "alertmanager/alertmanager.yml")],
-                        capture_output=True, text=True)  # fmt: skip
+    am = subprocess.run(
+        [_tool("amtool"), "check-config", str(DEPLOY / "alertmanager/alertmanager.yml")],
+        capture_output=True,
+        text=True,
+    )
     assert am.returncode == 0, am.stdout + am.stderr
 
 
@@ -57,7 +67,7 @@ class Webhook:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.received.append(json.loads(body))
                 self.send_response(200)
@@ -134,16 +144,26 @@ def stack(
             srv.url.removeprefix("http://")
         ]
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom_config))
-        alertmanager = _start([
-            _tool("prometheus-alertmanager"), f"--config.file={tmp_path / 'am.yml'}",
-            f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{am_port}",
-            "--cluster.listen-address=",
-        ], tmp_path / "am.log")  # fmt: skip
-        prometheus = _start([
-            _tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}",
-            "--rules.alert.resend-delay=1s",
-        ], tmp_path / "prometheus.log")  # fmt: skip
+        alertmanager = _start(
+            [
+                _tool("prometheus-alertmanager"),
+                f"--config.file={tmp_path / 'am.yml'}",
+                f"--storage.path={tmp_path / 'am-data'}",
+                f"--web.listen-address=127.0.0.1:{am_port}",
+                "--cluster.listen-address=",
+            ],
+            tmp_path / "am.log",
+        )
+        prometheus = _start(
+            [
+                _tool("prometheus"),
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+                "--rules.alert.resend-delay=1s",
+            ],
+            tmp_path / "prometheus.log",
+        )
         try:
             _wait(f"http://127.0.0.1:{am_port}/-/ready")
             _wait(f"http://127.0.0.1:{prom_port}/-/ready")

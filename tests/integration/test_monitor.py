@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def store_copy(trained_settings: Settings, tmp_path: Path) -> Settings:
     home = tmp_path / "home"
-    shutil.copytree(trained_settings.home, home)
+    # the shared store, without any prediction log other tests' servers left in it
+    shutil.copytree(trained_settings.home, home, ignore=shutil.ignore_patterns("predictions.db*"))
     return Settings(home=home, mnist_dir=trained_settings.mnist_dir, accuracy_floor=0.5)
 
 
@@ -51,12 +52,30 @@ def test_drift_feedback_report_and_retrain(store_copy: Settings, tmp_path: Path)
             'mnistops_predictions_total{digit="7",model="mnist-classifier",version="1"}' in metrics
         )
 
-        env_cli = {"MNISTOPS_HOME": str(store_copy.home), "MNISTOPS_MNIST_DIR": str(store_copy.mnist_dir),
-                   "MNISTOPS_ACCURACY_FLOOR": "0.5", "PATH": str(Path(sys.executable).parent)}  # fmt: skip
+        env_cli = {
+            "MNISTOPS_HOME": str(store_copy.home),
+            "MNISTOPS_MNIST_DIR": str(store_copy.mnist_dir),
+            "MNISTOPS_ACCURACY_FLOOR": "0.5",
+            "PATH": str(Path(sys.executable).parent),
+        }
         retrain = subprocess.run(
-            [sys.executable, "-m", "mnistops.cli", "retrain", "--url", srv.url, "--epochs", "1",
-             "--limit", "3000"], env=env_cli, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "mnistops.cli",
+                "retrain",
+                "--url",
+                srv.url,
+                "--epochs",
+                "1",
+                "--limit",
+                "3000",
+            ],
+            env=env_cli,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert retrain.returncode == 0, retrain.stderr[-3000:]
         assert "reports drift" in retrain.stdout
         assert "adding 300 feedback-labelled images" in retrain.stdout
@@ -64,10 +83,22 @@ def test_drift_feedback_report_and_retrain(store_copy: Settings, tmp_path: Path)
 
     report = tmp_path / "report.html"
     done = subprocess.run(
-        [sys.executable, "-m", "mnistops.cli", "monitor", "report", "--out", str(report),
-         "--model", "models:/mnist-classifier/1"],
-        env=env_cli, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mnistops.cli",
+            "monitor",
+            "report",
+            "--out",
+            str(report),
+            "--model",
+            "models:/mnist-classifier/1",
+        ],
+        env=env_cli,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     text = report.read_text()
     assert "500 predictions" in text and "Drift over the last 500 predictions: <b>" not in text

@@ -42,8 +42,12 @@ def test_store_outage_loses_no_prediction_and_writing_resumes(
         client = httpx.Client(base_url=srv.url, timeout=30)
 
         def send(count: int, offset: int) -> list[int]:
-            return [client.post("/predict", json={"image": mnist.x_test[offset + i].tolist()}).status_code
-                    for i in range(count)]  # fmt: skip
+            return [
+                client.post(
+                    "/predict", json={"image": mnist.x_test[offset + i].tolist()}
+                ).status_code
+                for i in range(count)
+            ]
 
         assert set(send(100, 0)) == {200}
         deadline = time.monotonic() + 15

@@ -103,8 +103,16 @@ def test_large_dark_on_light_jpeg_is_normalised(client: httpx.Client, mnist: Mni
 
 def test_open_inference_protocol_infer(client: httpx.Client, mnist: Mnist, trained_bundle) -> None:  # type: ignore[no-untyped-def]
     images = mnist.x_test[:DIGITS]
-    request = {"inputs": [{"name": "pixels", "shape": [DIGITS, 28, 28], "datatype": "UINT8",
-                           "data": images.tolist()}]}  # fmt: skip
+    request = {
+        "inputs": [
+            {
+                "name": "pixels",
+                "shape": [DIGITS, 28, 28],
+                "datatype": "UINT8",
+                "data": images.tolist(),
+            }
+        ]
+    }
     for path in (
         "/v2/models/mnist-classifier/infer",
         "/v2/models/mnist-classifier/versions/1/infer",
@@ -113,8 +121,17 @@ def test_open_inference_protocol_infer(client: httpx.Client, mnist: Mnist, train
         probabilities, label = body["outputs"]
         assert probabilities["shape"] == [DIGITS, 10] and label["shape"] == [DIGITS]
         assert _accuracy(label["data"], mnist) >= trained_bundle.metadata["test_accuracy"] - 0.05
-    flat = {"inputs": [{"name": "pixels", "shape": [2, 784], "datatype": "FP32",
-                        "data": (images[:2].reshape(-1) / 255).tolist()}], "id": "abc"}  # fmt: skip
+    flat = {
+        "inputs": [
+            {
+                "name": "pixels",
+                "shape": [2, 784],
+                "datatype": "FP32",
+                "data": (images[:2].reshape(-1) / 255).tolist(),
+            }
+        ],
+        "id": "abc",
+    }
     body = client.post("/v2/models/mnist-classifier/infer", json=flat).json()
     assert body["id"] == "abc" and body["outputs"][1]["data"] == label["data"][:2]
 
@@ -153,16 +170,28 @@ BAD_REQUESTS = [
     ("1e999", b'{"image": [' + b"1e999," * 783 + b"1]}", "application/json", 400, "finite"),
     ("negative", json.dumps({"image": [-1] * 784}).encode(), "application/json", 400, "0-255"),
     ("over 255", json.dumps({"image": [256] * 784}).encode(), "application/json", 400, "0-255"),
-    ("batch over limit", json.dumps({"images": [[0] * 784] * 257}).encode(), "application/json", 413, "limit of 256"),
+    (
+        "batch over limit",
+        json.dumps({"images": [[0] * 784] * 257}).encode(),
+        "application/json",
+        413,
+        "limit of 256",
+    ),
     ("wrong content type", b"hello", "text/plain", 415, "unsupported content type"),
     ("corrupt png", b"\x89PNG\r\n\x1a\nnot really", "image/png", 400, "PNG or JPEG"),
     ("empty png", b"", "image/png", 400, "empty image"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("case", "body", "content_type", "status", "says"), BAD_REQUESTS)
-def test_bad_input_gets_a_clear_4xx(client: httpx.Client, case: str, body: bytes,  # type: ignore[no-untyped-def]
-                                    content_type: str, status: int, says: str) -> None:  # fmt: skip
+def test_bad_input_gets_a_clear_4xx(
+    client: httpx.Client,
+    case: str,
+    body: bytes,  # type: ignore[no-untyped-def]
+    content_type: str,
+    status: int,
+    says: str,
+) -> None:
     response = client.post("/predict", content=body, headers={"content-type": content_type})
     assert response.status_code == status, (case, response.text)
     assert says in response.json()["error"], (case, response.text)

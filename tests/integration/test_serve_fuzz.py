@@ -43,8 +43,9 @@ def test_generated_requests_never_get_a_server_error(live: RunningServer) -> Non
 def _fuzz(operation, url: str, examples: int, failures: list[str], counter: list[int]) -> None:  # type: ignore[no-untyped-def]
     """Send up to ``examples`` generated requests for one operation; note any 5xx."""
 
-    @settings(max_examples=examples, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(case=operation.as_strategy())
     def run(case: schemathesis.Case) -> None:
         counter[0] += 1

@@ -22,8 +22,12 @@ OVERLAYS = ["staging", "production"]
 def _render(overlay: str) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl (with its built-in kustomize) is required: apt-get install kubectl"
-    done = subprocess.run([kubectl, "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay)],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [kubectl, "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
@@ -117,8 +121,9 @@ def test_compose_stack_is_valid_and_ordered() -> None:
         Path(__import__("sys").executable).with_name("podman-compose")
     )
     assert Path(podman_compose).exists(), "podman-compose is required (dev extra)"
-    done = subprocess.run([podman_compose, "-f", str(compose), "config"], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [podman_compose, "-f", str(compose), "config"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     stack = yaml.safe_load(done.stdout)
     services = stack["services"]

@@ -32,9 +32,9 @@ def _png(array: np.ndarray, mode: str = "L") -> bytes:
 
 def test_mnist_digit_survives_normalisation(mnist: Mnist) -> None:
     originals = mnist.x_test[:300].astype(np.float32) / 255
-    correlations = np.array([
-        np.corrcoef(o.reshape(-1), normalise_image(o))[0, 1] for o in originals
-    ])  # fmt: skip
+    correlations = np.array(
+        [np.corrcoef(o.reshape(-1), normalise_image(o))[0, 1] for o in originals]
+    )
     assert np.median(correlations) > 0.99  # most digits come back unchanged
     assert (correlations > 0.8).mean() >= 0.97
 
@@ -43,7 +43,7 @@ def test_drawn_digit_off_centre_on_white_comes_out_centred() -> None:
     canvas = Image.new("L", (600, 400), 255)
     ImageDraw.Draw(canvas).line([(420, 40), (440, 360)], fill=0, width=30)  # a big "1", right side
     pixels = image_to_pixels(_png(np.asarray(canvas)), MAX_PIXELS)
-    mean, _, ink, row, col = image_features(pixels)[0]
+    _, _, _, row, col = image_features(pixels)[0]
     assert 12.5 <= row <= 14.5 and 12.5 <= col <= 14.5
     grid = pixels.reshape(28, 28)
     rows = np.flatnonzero(grid.max(axis=1) > 0.1)
@@ -81,10 +81,12 @@ def test_decoder_never_fails_except_with_input_error(data: bytes) -> None:
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    width=st.integers(1, 120), height=st.integers(1, 120),
+    width=st.integers(1, 120),
+    height=st.integers(1, 120),
     mode=st.sampled_from(["L", "RGB", "RGBA", "P", "1", "I;16"]),
-    seed=st.integers(0, 2**16), fmt=st.sampled_from(["PNG", "JPEG"]),
-)  # fmt: skip
+    seed=st.integers(0, 2**16),
+    fmt=st.sampled_from(["PNG", "JPEG"]),
+)
 def test_any_real_image_normalises_to_784_values_in_range(
     width: int, height: int, mode: str, seed: int, fmt: str
 ) -> None:
@@ -94,12 +96,17 @@ def test_any_real_image_normalises_to_784_values_in_range(
     image.save(buffer, fmt)
     pixels = image_to_pixels(buffer.getvalue(), MAX_PIXELS)
     assert pixels.shape == (1, 784) and pixels.dtype == np.float32
-    assert 0.0 <= pixels.min() and pixels.max() <= 1.0
+    assert pixels.min() >= 0.0 and pixels.max() <= 1.0
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=3),
-                    lambda inner: st.lists(inner, max_size=30), max_leaves=60))  # fmt: skip
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=3),
+        lambda inner: st.lists(inner, max_size=30),
+        max_leaves=60,
+    )
+)
 def test_pixel_validation_accepts_or_explains(values: object) -> None:
     try:
         pixels = pixels_from_values(values)

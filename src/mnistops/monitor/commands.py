@@ -44,8 +44,14 @@ def simulate(
     images, labels = scenario_images(scenario, load_settings(), n, seed)
     with Progress() as bar:
         task = bar.add_task(f"{scenario} → {url}", total=n)
-        outcomes = send(url, images, rate=rate, labels=labels, feedback=feedback,
-                        progress=lambda k: bar.advance(task, k))  # fmt: skip
+        outcomes = send(
+            url,
+            images,
+            rate=rate,
+            labels=labels,
+            feedback=feedback,
+            progress=lambda k: bar.advance(task, k),
+        )
     typer.echo(", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())))
 
 

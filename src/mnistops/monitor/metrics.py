@@ -21,8 +21,21 @@ from prometheus_client import (
 from mnistops.features import FEATURE_NAMES
 
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-)  # fmt: skip
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 FEATURE_BUCKETS = {
@@ -36,21 +49,25 @@ MODEL_LABELS = ("model", "version")
 
 # --- operational ------------------------------------------------------------------
 REQUESTS = Counter(
-    "mnistops_requests", "HTTP requests by route template, method and status.",
+    "mnistops_requests",
+    "HTTP requests by route template, method and status.",
     ("route", "method", "status"),
-)  # fmt: skip
+)
 REQUEST_DURATION = Histogram(
-    "mnistops_request_duration_seconds", "Time to answer an HTTP request, by route.",
-    ("route",), buckets=LATENCY_BUCKETS,
-)  # fmt: skip
+    "mnistops_request_duration_seconds",
+    "Time to answer an HTTP request, by route.",
+    ("route",),
+    buckets=LATENCY_BUCKETS,
+)
 IN_FLIGHT = Gauge("mnistops_requests_in_flight", "HTTP requests being answered now.")
 BATCH_SIZE = Histogram(
     "mnistops_batch_size", "Images per onnxruntime call (micro-batching).", buckets=BATCH_BUCKETS
 )
 BATCH_QUEUE_WAIT = Histogram(
-    "mnistops_batch_queue_wait_seconds", "Time a request waited to join a batch.",
+    "mnistops_batch_queue_wait_seconds",
+    "Time a request waited to join a batch.",
     buckets=LATENCY_BUCKETS,
-)  # fmt: skip
+)
 
 # --- model --------------------------------------------------------------------------
 MODEL_INFO = Gauge(
@@ -60,13 +77,16 @@ PREDICTIONS = Counter(
     "mnistops_predictions", "Predictions by predicted digit.", (*MODEL_LABELS, "digit")
 )
 CONFIDENCE = Histogram(
-    "mnistops_prediction_confidence", "Probability of the predicted digit.", MODEL_LABELS,
-    buckets=CONFIDENCE_BUCKETS,
-)  # fmt: skip
-LOW_CONFIDENCE = Counter(
-    "mnistops_low_confidence_predictions", "Predictions below the confidence threshold.",
+    "mnistops_prediction_confidence",
+    "Probability of the predicted digit.",
     MODEL_LABELS,
-)  # fmt: skip
+    buckets=CONFIDENCE_BUCKETS,
+)
+LOW_CONFIDENCE = Counter(
+    "mnistops_low_confidence_predictions",
+    "Predictions below the confidence threshold.",
+    MODEL_LABELS,
+)
 
 # --- input ---------------------------------------------------------------------------
 INPUT_FEATURES = {
@@ -74,7 +94,7 @@ INPUT_FEATURES = {
         f"mnistops_input_{name}",
         f"Per-image {name.replace('_', ' ')} of incoming images.",
         buckets=FEATURE_BUCKETS[name],
-    )  # fmt: skip
+    )
     for name in FEATURE_NAMES
 }
 
@@ -92,9 +112,10 @@ DRIFT_CHECKS = Counter("mnistops_drift_checks", "Drift checks run.", ("result",)
 # --- prediction log and feedback --------------------------------------------------------
 LOG_WRITTEN = Counter("mnistops_prediction_log_rows_written", "Rows written to the prediction log.")
 LOG_DROPPED = Counter(
-    "mnistops_prediction_log_rows_dropped", "Rows not written (queue full or store down).",
+    "mnistops_prediction_log_rows_dropped",
+    "Rows not written (queue full or store down).",
     ("reason",),
-)  # fmt: skip
+)
 LOG_QUEUE = Gauge("mnistops_prediction_log_queue_depth", "Rows waiting to be written.")
 FEEDBACK = Counter(
     "mnistops_feedback", "True labels received, by whether the prediction was right.", ("correct",)

@@ -55,9 +55,13 @@ def make_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         return sa.create_engine(url, connect_args={"timeout": 5})
     return sa.create_engine(
-        url, pool_pre_ping=True, pool_size=2, max_overflow=0, pool_timeout=5,
+        url,
+        pool_pre_ping=True,
+        pool_size=2,
+        max_overflow=0,
+        pool_timeout=5,
         connect_args={"connect_timeout": 3},
-    )  # fmt: skip
+    )
 
 
 def now() -> datetime:
@@ -148,8 +152,11 @@ class PredictionLog:
                     failures = 0
                 except sa.exc.SQLAlchemyError as exc:
                     metrics.LOG_DROPPED.labels("store_error").inc(len(rows))
-                    log.warning("prediction log store unavailable (%d rows dropped): %s",
-                                len(rows), str(exc).splitlines()[0])  # fmt: skip
+                    log.warning(
+                        "prediction log store unavailable (%d rows dropped): %s",
+                        len(rows),
+                        str(exc).splitlines()[0],
+                    )
                     if not stopping:
                         time.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
                     failures += 1

@@ -29,13 +29,22 @@ WINDOW = 500
 def load_log(url: str, since: datetime | None = None) -> dict[str, Any]:
     """Logged predictions (oldest first) with any feedback labels."""
     engine = make_engine(url)
-    query = sa.select(
-        predictions.c.ts, predictions.c.request_id, predictions.c.model_version,
-        predictions.c.label, predictions.c.confidence, predictions.c.probabilities,
-        predictions.c.features, feedback.c.label.label("true_label"),
-    ).select_from(
-        predictions.outerjoin(feedback, feedback.c.request_id == predictions.c.request_id)
-    ).order_by(predictions.c.id)  # fmt: skip
+    query = (
+        sa.select(
+            predictions.c.ts,
+            predictions.c.request_id,
+            predictions.c.model_version,
+            predictions.c.label,
+            predictions.c.confidence,
+            predictions.c.probabilities,
+            predictions.c.features,
+            feedback.c.label.label("true_label"),
+        )
+        .select_from(
+            predictions.outerjoin(feedback, feedback.c.request_id == predictions.c.request_id)
+        )
+        .order_by(predictions.c.id)
+    )
     if since is not None:
         query = query.where(predictions.c.ts >= since)
     with engine.connect() as db:
@@ -83,8 +92,11 @@ def _figures(log: dict[str, Any], bundle: ModelBundle) -> dict[str, str]:
 
     detector = DriftDetector(reference, WINDOW, WINDOW, 0.001)
     starts = list(range(0, max(1, len(log["label"]) - WINDOW + 1), max(1, WINDOW // 2)))
-    pvalues = [detector.check(log["features"][s : s + WINDOW], log["probabilities"][s : s + WINDOW])
-               for s in starts if len(log["label"][s : s + WINDOW]) >= 50]  # fmt: skip
+    pvalues = [
+        detector.check(log["features"][s : s + WINDOW], log["probabilities"][s : s + WINDOW])
+        for s in starts
+        if len(log["label"][s : s + WINDOW]) >= 50
+    ]
     if pvalues:
         fig, ax = plt.subplots(figsize=(10, 3.5))
         for name in pvalues[0].tests:
@@ -129,15 +141,19 @@ def build_report(
     detector = DriftDetector(bundle.reference(), WINDOW, WINDOW, 0.001)
     last = detector.check(log["features"][-WINDOW:], log["probabilities"][-WINDOW:])
     summary = {
-        "predictions": count, "versions": log["versions"], "drift": last.drift,
-        "live_accuracy": accuracy, "feedback": int(labelled.sum()),
-    }  # fmt: skip
+        "predictions": count,
+        "versions": log["versions"],
+        "drift": last.drift,
+        "live_accuracy": accuracy,
+        "feedback": int(labelled.sum()),
+    }
     rows = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{r.statistic:.4f}</td><td>{r.pvalue:.3g}</td></tr>"
         for n, r in last.tests.items()
     )
     sections = "".join(
-        f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+        f"<h2>{html.escape(title)}</h2>"
+        f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
         for title, data in figures.items()
     )
     accuracy_text = (
@@ -149,10 +165,11 @@ def build_report(
 <title>mnistops drift report</title><style>body{{font-family:system-ui,sans-serif;margin:2rem;
 max-width:1200px}} img{{max-width:100%}} td,th{{padding:.2rem .8rem;text-align:left}}</style></head>
 <body><h1>mnistops drift report</h1>
-<p>{count} predictions from {html.escape(str(log['ts'][0]))} to {html.escape(str(log['ts'][-1]))};
-model versions {html.escape(', '.join(log['versions']))}; reference: version {html.escape(bundle.version)}.</p>
-<p><b>Drift over the last {min(count, WINDOW)} predictions: {'YES' if last.drift else 'no'}</b>
+<p>{count} predictions from {html.escape(str(log["ts"][0]))}
+to {html.escape(str(log["ts"][-1]))}; model versions {html.escape(", ".join(log["versions"]))};
+reference: version {html.escape(bundle.version)}.</p>
+<p><b>Drift over the last {min(count, WINDOW)} predictions: {"YES" if last.drift else "no"}</b>
 (threshold {last.threshold:.2g}). Live accuracy: {accuracy_text}.</p>
 <table><tr><th>test</th><th>statistic</th><th>p-value</th></tr>{rows}</table>
-{sections}</body></html>""")  # fmt: skip
+{sections}</body></html>""")
     return summary

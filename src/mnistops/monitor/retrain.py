@@ -26,9 +26,11 @@ def drift_verdict(url: str) -> dict[str, Any]:
 def labelled_images(log_url: str) -> tuple[np.ndarray, np.ndarray]:
     """Logged 28x28 inputs that received a true label through /feedback."""
     engine = make_engine(log_url)
-    query = sa.select(predictions.c.image, feedback.c.label).select_from(
-        predictions.join(feedback, feedback.c.request_id == predictions.c.request_id)
-    ).where(predictions.c.image.is_not(None))  # fmt: skip
+    query = (
+        sa.select(predictions.c.image, feedback.c.label)
+        .select_from(predictions.join(feedback, feedback.c.request_id == predictions.c.request_id))
+        .where(predictions.c.image.is_not(None))
+    )
     try:
         with engine.connect() as db:
             rows = db.execute(query).all()
@@ -65,14 +67,12 @@ def retrain(
             )
         verdict = drift_verdict(url)
         if not verdict.get("drift"):
-            log(
-                f"no drift reported by {url} (version {verdict.get('model_version')}): nothing to do"
-            )
+            version = verdict.get("model_version")
+            log(f"no drift reported by {url} (version {version}): nothing to do")
             return None
         log(f"{url} reports drift on version {verdict.get('model_version')}: retraining")
     images, labels = labelled_images(settings.prediction_log)
     log(f"adding {len(images)} feedback-labelled images from the prediction log")
-    return train(
-        settings, params, extra_train=(images, labels) if len(images) else None,
-        tags={"trigger": "forced" if force else "drift", "feedback_images": str(len(images))}, log=log,
-    )  # fmt: skip
+    tags = {"trigger": "forced" if force else "drift", "feedback_images": str(len(images))}
+    extra = (images, labels) if len(images) else None
+    return train(settings, params, extra_train=extra, tags=tags, log=log)

@@ -57,9 +57,11 @@ class Monitor:
         self._feedback: collections.deque[bool] = collections.deque(maxlen=FEEDBACK_WINDOW)
         self._last_check = 0.0
         self.drift = DriftDetector(
-            bundle.reference(), settings.drift_window, settings.drift_check_every,
+            bundle.reference(),
+            settings.drift_window,
+            settings.drift_check_every,
             settings.drift_alpha,
-        )  # fmt: skip
+        )
         self._set_labels(bundle)
         for reason in ("queue_full", "store_error"):  # export zeros before the first drop
             metrics.LOG_DROPPED.labels(reason)
@@ -182,20 +184,34 @@ class Monitor:
             self._recent.popitem(last=False)
 
     def _queue_rows(
-        self, ids, versions, latencies, pixels, probs, features, labels, confidence
-    ) -> None:  # type: ignore[no-untyped-def]
+        self,
+        ids: list[str],
+        versions: list[str],
+        latencies: list[float],
+        pixels: np.ndarray,
+        probs: np.ndarray,
+        features: np.ndarray,
+        labels: np.ndarray,
+        confidence: np.ndarray,
+    ) -> None:
         stamp = now()
-        images = (np.round(pixels * 255).astype(np.uint8) if self.settings.prediction_log_images
-                  else None)  # fmt: skip
+        images = (
+            np.round(pixels * 255).astype(np.uint8) if self.settings.prediction_log_images else None
+        )
         for i, rid in enumerate(ids):
-            self.log.put({
-                "ts": stamp, "request_id": rid, "model_version": versions[i],
-                "label": int(labels[i]), "confidence": float(confidence[i]),
-                "latency_ms": latencies[i] * 1000.0,
-                "probabilities": [round(float(p), 6) for p in probs[i]],
-                "features": dict(zip(FEATURE_NAMES, map(float, features[i]), strict=True)),
-                "image": images[i].tobytes() if images is not None else None,
-            })  # fmt: skip
+            self.log.put(
+                {
+                    "ts": stamp,
+                    "request_id": rid,
+                    "model_version": versions[i],
+                    "label": int(labels[i]),
+                    "confidence": float(confidence[i]),
+                    "latency_ms": latencies[i] * 1000.0,
+                    "probabilities": [round(float(p), 6) for p in probs[i]],
+                    "features": dict(zip(FEATURE_NAMES, map(float, features[i]), strict=True)),
+                    "image": images[i].tobytes() if images is not None else None,
+                }
+            )
 
     # --- routes ------------------------------------------------------------------------
     def drift_status(self) -> dict[str, Any]:
@@ -225,8 +241,14 @@ class Monitor:
         metrics.FEEDBACK.labels(str(correct).lower()).inc()
         accuracy = sum(self._feedback) / len(self._feedback)
         metrics.LIVE_ACCURACY.set(accuracy)
-        return {"request_id": request_id, "predicted": predicted, "label": label,
-                "correct": correct, "live_accuracy": accuracy, "feedback_count": len(self._feedback)}  # fmt: skip
+        return {
+            "request_id": request_id,
+            "predicted": predicted,
+            "label": label,
+            "correct": correct,
+            "live_accuracy": accuracy,
+            "feedback_count": len(self._feedback),
+        }
 
     def _make_router(self) -> APIRouter:
         import orjson

@@ -21,9 +21,9 @@ def rotate(images: np.ndarray, degrees: float) -> np.ndarray:
     """Rotate uint8 ``[N, 28, 28]`` images about their centre (Pillow, bilinear)."""
     from PIL import Image
 
-    return np.stack([
-        np.asarray(Image.fromarray(i).rotate(degrees, Image.Resampling.BILINEAR)) for i in images
-    ])  # fmt: skip
+    return np.stack(
+        [np.asarray(Image.fromarray(i).rotate(degrees, Image.Resampling.BILINEAR)) for i in images]
+    )
 
 
 def scenario_images(

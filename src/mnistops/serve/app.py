@@ -193,9 +193,10 @@ def check_admin(request: Request, authorization: str | None = Header(default=Non
         raise HTTPException(404, "admin routes are disabled: set MNISTOPS_ADMIN_TOKEN")
     if not authorization or not authorization.lower().startswith("bearer "):
         raise HTTPException(
-            401, "send the admin token as 'Authorization: Bearer <token>'",
+            401,
+            "send the admin token as 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": "Bearer"},
-        )  # fmt: skip
+        )
     if not hmac.compare_digest(authorization[7:].strip().encode(), token.encode()):
         raise HTTPException(403, "wrong admin token")
 
@@ -233,9 +234,9 @@ def _json_pixels(body: bytes, settings: Settings) -> np.ndarray:
             raise InputError('"images" must be a non-empty list of images')
         if len(images) > settings.max_batch_images:
             raise InputError(
-                f"batch of {len(images)} images is over the limit of "
-                f"{settings.max_batch_images}", status=413,
-            )  # fmt: skip
+                f"batch of {len(images)} images is over the limit of {settings.max_batch_images}",
+                status=413,
+            )
         return pixels_from_values(images, scale=scale).reshape(len(images), -1)
     pixels = pixels_from_values(payload["image"], scale=scale)
     if len(pixels) != 1:

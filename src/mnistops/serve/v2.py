@@ -99,8 +99,12 @@ def _tensor(payload: object, max_images: int) -> np.ndarray:
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
     if datatype not in DATATYPES:
         raise InputError(f"datatype must be UINT8 (0-255) or FP32 ([0, 1]), got {datatype!r}")
-    valid_shape = isinstance(shape, list) and all(isinstance(d, int) for d in shape)
-    if not valid_shape or len(shape) not in (2, 3) or shape[1:] not in ([784], [28, 28]):
+    if (
+        not isinstance(shape, list)
+        or not all(isinstance(d, int) for d in shape)
+        or len(shape) not in (2, 3)
+        or shape[1:] not in ([784], [28, 28])
+    ):
         raise InputError(f"shape must be [N, 784] or [N, 28, 28], got {shape!r}")
     if not 1 <= shape[0] <= max_images:
         raise InputError(f"shape[0] (images) must be 1..{max_images}, got {shape[0]}")

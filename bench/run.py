@@ -106,9 +106,18 @@ class TrainRun:
     wall_seconds: float
 
 
+def run(argv: list[str], env: dict[str, str]) -> str:
+    """Run a command; on failure raise with the end of its output."""
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-4000:]
+        raise RuntimeError(f"{' '.join(argv[:3])} failed with {proc.returncode}:\n{tail}")
+    return proc.stdout
+
+
 def train_lab(python: Path, npz: Path, seed: int) -> TrainRun:
     started = time.perf_counter()
-    out = subprocess.run(
+    out = run(
         [
             str(python),
             str(LAB / "train_lab.py"),
@@ -116,13 +125,10 @@ def train_lab(python: Path, npz: Path, seed: int) -> TrainRun:
             str(WORK / "lab_model.keras"),
             str(seed),
         ],
-        env=base_env(CUDA_VISIBLE_DEVICES=""),
-        check=True,
-        capture_output=True,
-        text=True,
+        base_env(CUDA_VISIBLE_DEVICES="", KERAS_BACKEND="tensorflow"),
     )
     wall = time.perf_counter() - started
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.strip().splitlines()[-1])
     return TrainRun(result["fit_seconds"], result["test_accuracy"], wall)
 
 
@@ -130,17 +136,13 @@ def train_ours(seed: int) -> TrainRun:
     import mlflow
 
     started = time.perf_counter()
-    out = subprocess.run(
-        [str(VENV_BIN / "mnistops"), "train", "--model", "mlp", "--seed", str(seed)],
-        env=base_env(),
-        check=True,
-        capture_output=True,
-        text=True,
+    out = run(
+        [str(VENV_BIN / "mnistops"), "train", "--model", "mlp", "--seed", str(seed)], base_env()
     )
     wall = time.perf_counter() - started
-    match = re.search(r"run (\w+): test_accuracy=", out.stdout)
+    match = re.search(r"run (\w+): test_accuracy=", out)
     if match is None:
-        raise RuntimeError(f"unexpected output of mnistops train:\n{out.stdout}\n{out.stderr}")
+        raise RuntimeError(f"unexpected output of mnistops train:\n{out}")
     client = mlflow.MlflowClient(tracking_uri=base_env()["MLFLOW_TRACKING_URI"])
     metrics = client.get_run(match.group(1)).data.metrics
     return TrainRun(metrics["fit_seconds"], metrics["test_accuracy"], wall)
@@ -379,7 +381,12 @@ def lab_flask(python: Path, model_path: Path) -> Server:
     return Server(
         "lab Flask app",
         [str(python), str(LAB / "app.py")],
-        base_env(MODEL_PATH=str(model_path), PORT=str(port), CUDA_VISIBLE_DEVICES=""),
+        base_env(
+            MODEL_PATH=str(model_path),
+            PORT=str(port),
+            CUDA_VISIBLE_DEVICES="",
+            KERAS_BACKEND="tensorflow",
+        ),
         f"http://127.0.0.1:{port}/predict",
         json.dumps({"image": sample_image_cached()}).encode(),
     )

@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     """Gather concurrent requests into one onnxruntime call."""
     batch_max_size: int = 64
     """Most images in one gathered onnxruntime call."""
-    batch_max_wait_ms: float = 1.0
-    """Longest a request waits for others to join its batch."""
+    batch_max_wait_ms: float = 0.0
+    """How long a batch lingers for stragglers (0: take what is queued and go)."""
     intra_op_threads: int = 1
     """onnxruntime threads per inference call."""
     admin_token: str | None = None

@@ -3,15 +3,21 @@ and retraining on drift."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from mnistops.config import Settings
+from mnistops.data import Mnist
 from mnistops.monitor.simulate import scenario_images, simulate
 from tests.conftest import free_port
 from tests.support.server import run_server
@@ -104,3 +110,56 @@ def test_drift_feedback_report_and_retrain(store_copy: Settings, tmp_path: Path)
     assert "500 predictions" in text and "Drift over the last 500 predictions: <b>" not in text
     assert text.count("data:image/png;base64,") >= 3 and "http://" not in text
     assert "Live accuracy: 0.9" in text or "Live accuracy: 1.0" in text
+
+
+def _monitor_pid(server_pid: int, timeout: float = 30) -> int:
+    """The monitor process the server started (not multiprocessing's resource tracker)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in Path(f"/proc/{server_pid}/task").glob("*/children"):
+            for pid in child.read_text().split():
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
+                    return int(pid)
+        time.sleep(0.1)
+    raise AssertionError("no monitor process found")
+
+
+def _predictions_total(metrics: str) -> float:
+    return sum(
+        float(v) for v in re.findall(r"^mnistops_predictions_total\{[^}]*\} (\S+)$", metrics, re.M)
+    )
+
+
+def test_killed_monitor_process_is_restarted_and_serving_never_stops(
+    trained_bundle: Any, mnist: Mnist, tmp_path: Path
+) -> None:
+    with run_server(str(trained_bundle.path), free_port(), tmp_path) as srv:
+        client = httpx.Client(base_url=srv.url, timeout=30)
+        for i in range(50):
+            client.post("/predict", json={"image": mnist.x_test[i].tolist()}).raise_for_status()
+        assert _predictions_total(client.get("/metrics").text) == 50
+        first = _monitor_pid(srv.process.pid)
+        os.kill(first, signal.SIGKILL)
+        statuses = [
+            client.post("/predict", json={"image": mnist.x_test[i].tolist()}).status_code
+            for i in range(50, 150)
+        ]
+        assert set(statuses) == {200}  # serving never noticed
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            second = _monitor_pid(srv.process.pid)
+            if second != first:
+                break
+            time.sleep(0.2)
+        assert second != first, "the monitor process was not started again"
+        for i in range(150, 200):
+            client.post("/predict", json={"image": mnist.x_test[i].tolist()}).raise_for_status()
+        metrics = client.get("/metrics").text
+        # the new process counts what it saw; what the dead one had not processed is counted
+        dropped = sum(
+            float(v) for v in re.findall(r"^mnistops_monitor_dropped_total (\S+)$", metrics, re.M)
+        )
+        assert 50 <= _predictions_total(metrics) + dropped <= 150
+        assert client.get("/monitoring/drift").status_code == 200
+        assert "monitor process ended" in srv.log()

@@ -27,7 +27,10 @@ def _metric(text: str, name: str) -> float:
 def _rows(server: PostgresServer, database: str) -> int:
     dsn = f"host=127.0.0.1 port={server.port} user=postgres dbname={database}"
     with psycopg.connect(dsn) as db:
-        return int(db.execute("SELECT count(*) FROM predictions").fetchone()[0])  # type: ignore[index]
+        try:
+            return int(db.execute("SELECT count(*) FROM predictions").fetchone()[0])  # type: ignore[index]
+        except psycopg.errors.UndefinedTable:
+            return 0  # the monitor process has not created its table yet
 
 
 def test_store_outage_loses_no_prediction_and_writing_resumes(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -80,7 +80,9 @@ class Runtime:
         return served, probs
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool,
+    # a thread hop on every request.
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -258,7 +260,12 @@ async def _multipart_pixels(request: Request, settings: Settings) -> np.ndarray:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits: milliseconds since the epoch, then 80 random bits (like UUIDv7).
+
+    Ids that grow with time keep the prediction log's index on them appending at its
+    end instead of rewriting random pages (about twice as cheap per row in SQLite).
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 def page() -> HTMLResponse:

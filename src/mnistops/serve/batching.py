@@ -1,9 +1,12 @@
 """Adaptive micro-batching: concurrent requests share one onnxruntime call.
 
-A request puts its images on a queue and awaits a future. One worker task takes what
-is queued, waits at most ``max_wait`` for more (only while the batch is not full and
-others are still arriving), and runs the gathered batch in a thread so the event loop
-keeps parsing requests meanwhile. Requests are grouped by the predictor they started
+A request puts its images on a queue and awaits a future. One worker task takes
+everything queued at that moment (up to ``max_size`` images) and runs it as one batch:
+an idle worker never waits, so a lone request pays nothing, and under load the batch
+is whatever arrived while the previous one ran. ``max_wait`` (default 0) can make the
+worker linger for stragglers. Small batches run inline on the event loop (cheaper than
+a thread hop for a model this small); larger ones run in a thread so the loop keeps
+parsing requests on the other core. Requests are grouped by the predictor they started
 with, so a hot swap never moves a request in flight to another model version.
 """
 
@@ -18,6 +21,9 @@ import numpy as np
 
 from mnistops.predictor import Predictor
 
+INLINE_IMAGES = 64
+"""Batches up to this many images run on the event loop; larger ones in a thread."""
+
 
 @dataclass
 class _Job:
@@ -30,9 +36,17 @@ class _Job:
 class MicroBatcher:
     """Gathers concurrent ``predict`` calls into batched onnxruntime calls."""
 
-    def __init__(self, max_size: int, max_wait_ms: float, observe: object = None) -> None:
+    def __init__(
+        self,
+        max_size: int,
+        max_wait_ms: float = 0.0,
+        observe: object = None,
+        *,
+        inline_images: int = INLINE_IMAGES,
+    ) -> None:
         self.max_size = max_size
         self.max_wait = max_wait_ms / 1000.0
+        self.inline_images = inline_images
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._observe = observe
@@ -62,7 +76,7 @@ class MicroBatcher:
         while size < self.max_size:
             if self._queue.empty():
                 remaining = deadline - time.perf_counter()
-                if remaining <= 0:
+                if self.max_wait <= 0 or remaining <= 0:
                     break
                 try:
                     jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
@@ -90,7 +104,10 @@ class MicroBatcher:
         for group in groups.values():
             batch = np.concatenate([job.pixels for job in group])
             try:
-                probs = await asyncio.to_thread(group[0].predictor.predict, batch)
+                if len(batch) <= self.inline_images:
+                    probs = group[0].predictor.predict(batch)
+                else:
+                    probs = await asyncio.to_thread(group[0].predictor.predict, batch)
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request
                 for job in group:
                     if not job.future.done():

@@ -173,7 +173,8 @@ _INFER_BODY = {
     responses=ERROR_RESPONSES,
     openapi_extra=_INFER_BODY,
 )
-async def infer(name: str, request: Request, runtime: RuntimeDep) -> Response:
+async def infer(name: str, request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
     return await _infer(request, runtime, name, None)
 
 
@@ -183,5 +184,6 @@ async def infer(name: str, request: Request, runtime: RuntimeDep) -> Response:
     responses=ERROR_RESPONSES,
     openapi_extra=_INFER_BODY,
 )
-async def infer_version(name: str, version: str, request: Request, runtime: RuntimeDep) -> Response:
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
     return await _infer(request, runtime, name, version)

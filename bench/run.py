@@ -872,7 +872,7 @@ def report(results: dict[str, Any]) -> str:
     lines += [
         "## How to reproduce",
         "",
-        "`make bench` (about 25 minutes; the first run also builds `bench/.work/labenv` with "
+        "`make bench` (about 15 minutes; the first run also builds `bench/.work/labenv` with "
         "`tensorflow-cpu`). Parts: `python -m bench.run --only training serving batch`.",
         "",
     ]

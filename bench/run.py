@@ -726,10 +726,12 @@ def machine() -> str:
 
 
 def report(results: dict[str, Any]) -> str:
+    stress_only = set(results) == {"stress"}
     lines = [
-        "# Benchmark results",
+        "# Stress results" if stress_only else "# Benchmark results",
         "",
-        f"Measured by `make bench` on {time.strftime('%Y-%m-%d')}: {machine()}.",
+        f"Measured by `make {'stress' if stress_only else 'bench'}` on "
+        f"{time.strftime('%Y-%m-%d')}: {machine()}.",
         "Every figure below comes from the same run; ratios compare runs made minutes apart "
         "on the same machine. Load is `wrk -t1` on loopback, sharing the machine's cores "
         "with the server.",
@@ -869,6 +871,8 @@ def report(results: dict[str, Any]) -> str:
             "```",
             "",
         ]
+    if stress_only:
+        return "\n".join([*lines, "Reproduce with `make stress` (5 minutes).", ""])
     lines += [
         "## How to reproduce",
         "",

@@ -46,6 +46,9 @@ RECENT_PREDICTIONS = 50_000
 FEEDBACK_WINDOW = 500
 TICK_SECONDS = 0.05
 STATUS_TIMEOUT_S = 5.0
+METRICS_TIMEOUT_S = 0.5
+"""/metrics waits at most this long for the monitor process (then serves its last state):
+a scrape must answer within Prometheus' scrape timeout."""
 RESTART_BACKOFF_S = 1.0
 MONITOR_NICE = 10
 """CPU priority of the monitor process below the server's: monitoring yields to serving."""
@@ -366,6 +369,8 @@ class Monitor:
             if message[0] == "status":
                 with self._status:
                     self._answers[message[1]] = (message[2], message[3])
+                    while len(self._answers) > 16:  # answers nobody waited for any more
+                        del self._answers[min(self._answers)]
                     self._last = (message[2], message[3])
                     self._status.notify_all()
             elif message[0] == "stopped":
@@ -394,7 +399,7 @@ class Monitor:
         return self._last or (b"", {"checked": False, "drift": False, "tests": {}})
 
     def render_metrics(self) -> bytes:
-        text, _ = self.monitor_state()
+        text, _ = self.monitor_state(METRICS_TIMEOUT_S)
         return metrics.render_latest(text)[0]
 
     def drift_status(self) -> dict[str, Any]:

@@ -13,10 +13,10 @@ help:  ## List the targets
 
 install: $(STAMP)  ## Create .venv and install mnistops with all extras (idempotent)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24.3,<27"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]" -c constraints.txt
 	@touch $(STAMP)
 
 run: install  ## Fetch MNIST, train a champion if there is none, serve it

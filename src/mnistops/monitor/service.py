@@ -295,6 +295,7 @@ class Monitor:
         process.start()
         theirs.close()
         self._conn, self._process = ours, process
+        self._last = None  # nothing known of the new process yet
         self._stopped.clear()
         threading.Thread(
             target=self._receive, args=(ours,), name="monitor-receive", daemon=True
@@ -399,7 +400,9 @@ class Monitor:
         return self._last or (b"", {"checked": False, "drift": False, "tests": {}})
 
     def render_metrics(self) -> bytes:
-        text, _ = self.monitor_state(METRICS_TIMEOUT_S)
+        # a monitor process that has answered before answers quickly; one still starting
+        # (its imports take a second or two) is worth waiting for
+        text, _ = self.monitor_state(METRICS_TIMEOUT_S if self._last else STATUS_TIMEOUT_S)
         return metrics.render_latest(text)[0]
 
     def drift_status(self) -> dict[str, Any]:

@@ -122,10 +122,6 @@ class PredictionLog:
         if self._engine is not None:
             self._engine.dispose()
 
-    def put(self, row: dict[str, Any]) -> None:
-        """Queue a row; never blocks (a full queue drops the row and counts it)."""
-        self.put_many([row])
-
     def put_many(self, rows: Sequence[dict[str, Any]]) -> None:
         """Queue rows; never blocks (rows beyond the queue's room are dropped and counted)."""
         with self._ready:
@@ -134,10 +130,6 @@ class PredictionLog:
             self._ready.notify()
         if len(rows) > room:
             metrics.LOG_DROPPED.labels("queue_full").inc(len(rows) - room)
-
-    def depth(self) -> int:
-        """Rows waiting to be written."""
-        return len(self._rows)
 
     def add_feedback(self, request_id: str, label: int) -> None:
         """Record a true label (synchronously: the client waits for the answer)."""

@@ -19,6 +19,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -190,6 +191,9 @@ class MonitorCore:
 def run_core(conn: Connection, settings: dict[str, Any], bundle_dir: str) -> None:
     """The monitor process: handle messages from the serving process until told to stop
     (or until the serving process is gone)."""
+    # Ctrl-C reaches the whole process group: the server decides when this process stops
+    # (its "stop" message, or the end of the pipe), so the prediction log gets flushed
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import scipy.stats  # noqa: F401 - the drift tests' import, paid once at start
 
     with contextlib.suppress(OSError):

@@ -76,7 +76,7 @@ class MicroBatcher:
         while size < self.max_size:
             if self._queue.empty():
                 remaining = deadline - time.perf_counter()
-                if self.max_wait <= 0 or remaining <= 0:
+                if remaining <= 0:
                     break
                 try:
                     jobs.append(await asyncio.wait_for(self._queue.get(), remaining))

@@ -540,6 +540,66 @@ def bench_serving(seconds: float, repeats: int) -> dict[str, Any]:
     return results
 
 
+# --- ASGI servers ---------------------------------------------------------------------
+
+
+def granian(model_dir: Path) -> Server:
+    port = free_port()
+    return Server(
+        "granian",
+        [
+            str(VENV_BIN / "granian"),
+            "--interface",
+            "asgi",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--loop",
+            "uvloop",
+            "--no-ws",
+            "--log-level",
+            "warning",
+            "mnistops.serve.server:app_from_environment",
+        ],
+        base_env(MNISTOPS_MODEL_URI=str(model_dir), MNISTOPS_RELOAD_INTERVAL_S="0"),
+        f"http://127.0.0.1:{port}/predict",
+        json.dumps({"image": sample_image_cached()}).encode(),
+    )
+
+
+def bench_asgi_servers(seconds: float, repeats: int) -> dict[str, Any]:
+    """The same app under uvicorn (what `mnistops serve` runs) and granian, alternated."""
+    ensure_champion()
+    model_dir = export_champion()
+    makers = {"uvicorn": lambda: ours("uvicorn", model_dir), "granian": lambda: granian(model_dir)}
+    runs: dict[str, list[dict[str, Load]]] = {name: [] for name in makers}
+    for round_ in range(repeats):
+        for name, make in makers.items():
+            with running(make()) as server:
+                log(f"  ASGI servers, round {round_ + 1}/{repeats}: {name}")
+                loads = {f"predict c={c}": wrk(server, c, seconds) for c in (1, 8)}
+                noop = server.url.replace("/predict", "/noop")
+                loads["noop c=8"] = wrk(server, 8, seconds, url=noop)
+                runs[name].append(loads)
+    return {
+        name: {
+            key: Load(
+                float(statistics.median(r[key].rps for r in rounds)),
+                float(statistics.median(r[key].p50_ms for r in rounds)),
+                float(statistics.median(r[key].p99_ms for r in rounds)),
+                sum(r[key].requests for r in rounds),
+                sum(r[key].bad for r in rounds),
+            )
+            for key in rounds[0]
+        }
+        for name, rounds in runs.items()
+    }
+
+
 # --- batch inference ------------------------------------------------------------------
 
 
@@ -849,6 +909,22 @@ def report(results: dict[str, Any]) -> str:
             + ", ".join(f"{gain[c]:+.1%} at c={c}" for c in CONCURRENCY),
             "",
         ]
+    servers = results.get("servers")
+    if servers:
+        keys = list(next(iter(servers.values())))
+        lines += [
+            "### ASGI server",
+            "",
+            "The same FastAPI app under uvicorn (uvloop, httptools; what `mnistops serve` "
+            "runs) and granian (one worker, uvloop), medians of alternated runs.",
+            "",
+            "| server | " + " | ".join(f"{k} req/s | {k} p99 ms" for k in keys) + " |",
+            "|---|" + "---:|---:|" * len(keys),
+        ]
+        for name, loads in servers.items():
+            cells = " | ".join(f"{loads[k].rps:,.0f} | {loads[k].p99_ms:.2f}" for k in keys)
+            lines.append(f"| {name} | {cells} |")
+        lines.append("")
     batch = results.get("batch")
     if batch:
         share = batch["ours_gflops"] / batch["gemm_gflops"]
@@ -889,7 +965,7 @@ def report(results: dict[str, Any]) -> str:
         "## How to reproduce",
         "",
         "`make bench` (about 15 minutes; the first run also builds `bench/.work/labenv` with "
-        "`tensorflow-cpu`). Parts: `python -m bench.run --only training serving batch`.",
+        "`tensorflow-cpu`). Parts: `python -m bench.run --only training serving servers batch`.",
         "",
     ]
     return "\n".join(lines)
@@ -900,8 +976,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["training", "serving", "batch"],
-        default=["training", "serving", "batch"],
+        choices=["training", "serving", "servers", "batch"],
+        default=["training", "serving", "servers", "batch"],
     )
     parser.add_argument("--reps", type=int, default=3, help="training repetitions")
     parser.add_argument("--seconds", type=float, default=10.0, help="each wrk run")
@@ -922,6 +998,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["training"] = bench_training(args.reps)
         if "serving" in args.only:
             results["serving"] = bench_serving(args.seconds, args.repeats)
+        if "servers" in args.only:
+            results["servers"] = bench_asgi_servers(args.seconds, 2)
         if "batch" in args.only:
             results["batch"] = bench_batch(5)
         out = args.out

@@ -57,3 +57,14 @@ def serve(settings: Settings, *, bundle: Any = None) -> None:
         flush=True,
     )
     server.run()
+
+
+def app_from_environment() -> Any:
+    """The service configured from the environment (``MNISTOPS_*``), for another ASGI
+    server: ``granian --interface asgi --factory mnistops.serve.server:app_from_environment``.
+    ``mnistops serve`` (uvicorn) is the supported way; ``make bench`` compares the two."""
+    from mnistops.config import load_settings
+    from mnistops.serve.app import create_app
+
+    return create_app(load_settings())
+

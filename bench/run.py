@@ -300,6 +300,17 @@ class Load:
     bad: int  # non-2xx answers and socket errors
 
 
+def median_load(loads: list[Load]) -> Load:
+    """Median rate and latencies of repeated runs; their requests and failures summed."""
+    return Load(
+        float(statistics.median(load.rps for load in loads)),
+        float(statistics.median(load.p50_ms for load in loads)),
+        float(statistics.median(load.p99_ms for load in loads)),
+        sum(load.requests for load in loads),
+        sum(load.bad for load in loads),
+    )
+
+
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
@@ -525,16 +536,7 @@ def bench_serving(seconds: float, repeats: int) -> dict[str, Any]:
                 log(f"  A/B round {round_ + 1}/{repeats}: {name}")
                 ab[name].append(measure(server, seconds)["loads"])
     results["ab"] = {
-        name: {
-            c: Load(
-                float(statistics.median(r[c].rps for r in runs)),
-                float(statistics.median(r[c].p50_ms for r in runs)),
-                float(statistics.median(r[c].p99_ms for r in runs)),
-                sum(r[c].requests for r in runs),
-                sum(r[c].bad for r in runs),
-            )
-            for c in CONCURRENCY
-        }
+        name: {c: median_load([r[c] for r in runs]) for c in CONCURRENCY}
         for name, runs in ab.items()
     }
     return results
@@ -586,16 +588,7 @@ def bench_asgi_servers(seconds: float, repeats: int) -> dict[str, Any]:
                 loads["noop c=8"] = wrk(server, 8, seconds, url=noop)
                 runs[name].append(loads)
     return {
-        name: {
-            key: Load(
-                float(statistics.median(r[key].rps for r in rounds)),
-                float(statistics.median(r[key].p50_ms for r in rounds)),
-                float(statistics.median(r[key].p99_ms for r in rounds)),
-                sum(r[key].requests for r in rounds),
-                sum(r[key].bad for r in rounds),
-            )
-            for key in rounds[0]
-        }
+        name: {key: median_load([r[key] for r in rounds]) for key in rounds[0]}
         for name, rounds in runs.items()
     }
 

@@ -25,6 +25,12 @@ from tests.support.server import run_server
 pytestmark = pytest.mark.integration
 
 
+def _cli(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``mnistops ARGS`` in a child process of this interpreter."""
+    command = [sys.executable, "-m", "mnistops.cli", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture
 def store_copy(trained_settings: Settings, tmp_path: Path) -> Settings:
     home = tmp_path / "home"
@@ -64,23 +70,8 @@ def test_drift_feedback_report_and_retrain(store_copy: Settings, tmp_path: Path)
             "MNISTOPS_ACCURACY_FLOOR": "0.5",
             "PATH": str(Path(sys.executable).parent),
         }
-        retrain = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "mnistops.cli",
-                "retrain",
-                "--url",
-                srv.url,
-                "--epochs",
-                "1",
-                "--limit",
-                "3000",
-            ],
-            env=env_cli,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        retrain = _cli(
+            ["retrain", "--url", srv.url, "--epochs", "1", "--limit", "3000"], env_cli, 600
         )
         assert retrain.returncode == 0, retrain.stderr[-3000:]
         assert "reports drift" in retrain.stdout
@@ -88,22 +79,10 @@ def test_drift_feedback_report_and_retrain(store_copy: Settings, tmp_path: Path)
         assert "version 2:" in retrain.stdout
 
     report = tmp_path / "report.html"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mnistops.cli",
-            "monitor",
-            "report",
-            "--out",
-            str(report),
-            "--model",
-            "models:/mnist-classifier/1",
-        ],
-        env=env_cli,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = _cli(
+        ["monitor", "report", "--out", str(report), "--model", "models:/mnist-classifier/1"],
+        env_cli,
+        300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     text = report.read_text()

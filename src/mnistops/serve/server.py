@@ -67,4 +67,3 @@ def app_from_environment() -> Any:
     from mnistops.serve.app import create_app
 
     return create_app(load_settings())
-

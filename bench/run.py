@@ -778,6 +778,18 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
+def load_table(first: str, rows: dict[str, dict[Any, Load]], columns: dict[str, Any]) -> list[str]:
+    """A markdown table: one row per name, req/s and p99 for each column (title: key)."""
+    lines = [
+        f"| {first} | " + " | ".join(f"{t} req/s | {t} p99 ms" for t in columns) + " |",
+        "|---|" + "---:|---:|" * len(columns),
+    ]
+    for name, loads in rows.items():
+        cells = " | ".join(f"{loads[k].rps:,.0f} | {loads[k].p99_ms:.2f}" for k in columns.values())
+        lines.append(f"| {name} | {cells} |")
+    return lines
+
+
 def report(results: dict[str, Any]) -> str:
     stress_only = set(results) == {"stress"}
     lines = [
@@ -880,12 +892,8 @@ def report(results: dict[str, Any]) -> str:
             "",
             "Medians of alternated runs (each a fresh server).",
             "",
-            "| variant | " + " | ".join(f"c={c} req/s | c={c} p99 ms" for c in CONCURRENCY) + " |",
-            "|---|" + "---:|---:|" * len(CONCURRENCY),
+            *load_table("variant", ab, {f"c={c}": c for c in CONCURRENCY}),
         ]
-        for name, loads in ab.items():
-            cells = " | ".join(f"{loads[c].rps:,.0f} | {loads[c].p99_ms:.2f}" for c in CONCURRENCY)
-            lines.append(f"| {name} | {cells} |")
         on = ab["defaults"]
         off = ab["monitoring off"]
         cost = {c: 1 - on[c].rps / off[c].rps for c in CONCURRENCY}
@@ -911,13 +919,9 @@ def report(results: dict[str, Any]) -> str:
             "The same FastAPI app under uvicorn (uvloop, httptools; what `mnistops serve` "
             "runs) and granian (one worker, uvloop), medians of alternated runs.",
             "",
-            "| server | " + " | ".join(f"{k} req/s | {k} p99 ms" for k in keys) + " |",
-            "|---|" + "---:|---:|" * len(keys),
+            *load_table("server", servers, {k: k for k in keys}),
+            "",
         ]
-        for name, loads in servers.items():
-            cells = " | ".join(f"{loads[k].rps:,.0f} | {loads[k].p99_ms:.2f}" for k in keys)
-            lines.append(f"| {name} | {cells} |")
-        lines.append("")
     batch = results.get("batch")
     if batch:
         share = batch["ours_gflops"] / batch["gemm_gflops"]

@@ -3,41 +3,56 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+LOCK = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-slow lint bench stress image stack clean help
+.PHONY: install install-dev install-ui lock run ui test test-slow lint bench stress image stack clean help
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-install: $(STAMP)  ## Create .venv and install mnistops with all extras (idempotent)
+install: $(VENV)/.run  ## Create .venv with what running needs: training and serving (idempotent)
 
-$(STAMP): pyproject.toml constraints.txt
+install-dev: $(VENV)/.dev  ## Add the test, lint and benchmark tools to .venv (idempotent)
+
+install-ui: $(VENV)/.ui  ## Add the MLflow UI and tracking server to .venv (idempotent)
+
+# Each set is installed from its lock (hash-pinned, resolved from PyPI alone), then the
+# project itself without dependencies: what is installed is exactly what was locked.
+$(VENV)/.%: requirements/%.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v <= (3, 13) else f"mnistops needs Python 3.11, 3.12 or 3.13; {sys.executable} is {v[0]}.{v[1]} (make ... PYTHON=python3.12)")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24.3,<27"
-	$(BIN)/python -m pip install --quiet -e ".[dev]" -c constraints.txt
-	@touch $(STAMP)
+	$(BIN)/python -m pip install --quiet --require-hashes -r $<
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+lock:  ## Re-resolve requirements/*.txt from pyproject.toml (PyPI, Python 3.11-3.13, Linux and macOS)
+	@test -x $(BIN)/uv || $(MAKE) install-dev
+	$(LOCK) --extra serve --extra registry -o requirements/serve.txt
+	$(LOCK) --extra train -o requirements/run.txt
+	$(LOCK) --extra train --extra ui -o requirements/ui.txt
+	$(LOCK) --extra dev -o requirements/dev.txt
 
 run: install  ## Fetch MNIST, train a champion if there is none, serve it
 	$(BIN)/mnistops run
 
-test: install  ## Unit, integration and e2e tests (not the slow ones)
+test: install-dev  ## Unit, integration and e2e tests (not the slow ones)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: install  ## The full lab recipe and other long tests
+test-slow: install-dev  ## The full lab recipe and other long tests
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-lint: install  ## ruff, mypy and actionlint
+lint: install-dev  ## ruff, mypy and actionlint
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	@if [ -d .github/workflows ]; then $(BIN)/actionlint .github/workflows/*.yml; fi
 
-bench: install  ## Side-by-side benchmarks; writes bench/results.md
+bench: install-dev  ## Side-by-side benchmarks; writes bench/results.md
 	$(BIN)/python -m bench.run
 
-stress: install  ## Long load and fault runs
+stress: install-dev  ## Long load and fault runs
 	$(BIN)/python -m bench.run --stress
 
 image: install  ## Build mnistops:latest serving the current champion (docker or podman)
@@ -45,6 +60,9 @@ image: install  ## Build mnistops:latest serving the current champion (docker or
 
 stack:  ## Bring up the full stack (api, MLflow on PostgreSQL, Prometheus, Alertmanager, Grafana)
 	bash deploy/stack.sh up
+
+ui: install-ui  ## The MLflow UI on the state folder's tracking store
+	$(BIN)/mnistops ui
 
 clean:  ## Remove the venv and caches (keeps the state folder)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

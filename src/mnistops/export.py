@@ -1,39 +1,160 @@
-"""Keras -> ONNX export, run on the torch backend in a child process, and its parity check.
+"""Keras -> ONNX export on the JAX backend (through jax2onnx, no torch), and its parity check.
 
-Keras exports ONNX natively only from the torch (and TensorFlow) backend; a ``.keras``
-file trained on any backend loads there. Running the export in a child process keeps
-the training process on its own backend.
+Keras exports a JAX-backend model with ``model.export(path, format="onnx")``, which
+traces the forward pass and converts it with jax2onnx. Two things are mended on the
+way to one self-contained file that onnxruntime runs:
+
+- jax2onnx stores large weights in a side file (``model.onnx.data``); the bundle holds
+  one file, so the weights are folded back in.
+- jax2onnx lowers a pooling window (``lax.reduce_window_max``) to a ``MaxPool`` over
+  every axis of the NHWC tensor (four "spatial" axes), which onnxruntime refuses
+  ("Unsupported pooling size"). Such a node is rewritten as NHWC -> NCHW, a 2-D
+  ``MaxPool``, NCHW -> NHWC: the same numbers, which the parity check then confirms.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from mnistops.errors import MnistopsError
 from mnistops.features import IMAGE_PIXELS
 
-EXPORT_BACKEND = "torch"
+EXPORT_BACKEND = "jax"
+_NHWC_TO_NCHW = [0, 3, 1, 2]
+_NCHW_TO_NHWC = [0, 2, 3, 1]
 
 
-class ExportError(RuntimeError):
+class ExportError(MnistopsError):
     """The ONNX export failed or does not match the Keras model."""
 
 
-def export_onnx(keras_path: Path, onnx_path: Path, *, timeout: float = 600) -> None:
-    """Write ``onnx_path`` from a saved ``.keras`` model (dynamic batch axis).
+def export_onnx(model: Any, onnx_path: Path) -> None:
+    """Write ``onnx_path`` (one file, dynamic batch axis) from a Keras model on JAX.
 
     Raises:
-        ExportError: the child process failed; its output is in the message.
+        ExportError: the model is not on the JAX backend, or the conversion failed.
     """
-    env = {**os.environ, "KERAS_BACKEND": EXPORT_BACKEND}
-    command = [sys.executable, "-m", "mnistops.export", str(keras_path), str(onnx_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0 or not onnx_path.is_file():
-        raise ExportError(f"ONNX export failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    import keras
+
+    if keras.backend.backend() != EXPORT_BACKEND:
+        raise ExportError(
+            f"ONNX export runs on the {EXPORT_BACKEND} backend, not {keras.backend.backend()}; "
+            f"set KERAS_BACKEND={EXPORT_BACKEND}"
+        )
+    model(np.zeros((2, IMAGE_PIXELS), dtype=np.float32))  # Keras refuses a never-called model
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        try:
+            model.export(str(raw), format="onnx", verbose=False)
+        except Exception as exc:  # noqa: BLE001 - any converter failure means no export
+            raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+        _save_single_file(_fix_pooling(_load(raw)), onnx_path)
+
+
+def _load(path: Path) -> Any:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=True)
+
+
+def _save_single_file(model: Any, path: Path) -> None:
+    import onnx
+
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+def _fix_pooling(model: Any) -> Any:
+    """Rewrite every ``Unsqueeze, Unsqueeze, MaxPool(4-D window), Squeeze`` chain over an
+    NHWC tensor into a 2-D ``MaxPool`` between two transposes."""
+    graph = model.graph
+    nodes = list(graph.node)
+    producer = {out: node for node in nodes for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    replaced: dict[str, list[Any]] = {}
+    removed: set[str] = set()
+    for node in nodes:
+        chain = _pool_chain(node, producer, consumers)
+        if chain is not None:
+            removed.update(part.output[0] for part in chain.parts)
+            replaced[node.output[0]] = chain.replacement(node.name or node.output[0])
+    kept: list[Any] = []
+    for node in nodes:
+        key = node.output[0] if node.output else ""
+        kept += replaced.get(key, [] if key in removed else [node])
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in kept for name in node.input}
+    unused = [init for init in graph.initializer if init.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)
+    return model
+
+
+@dataclass(frozen=True)
+class _PoolChain:
+    """One NHWC pooling chain as jax2onnx writes it, and its 2-D pooling attributes."""
+
+    parts: tuple[Any, ...]
+    source: str
+    target: str
+    pool: dict[str, list[int]]
+
+    def replacement(self, base: str) -> list[Any]:
+        from onnx import helper
+
+        return [
+            helper.make_node("Transpose", [self.source], [f"{base}_nchw"], perm=_NHWC_TO_NCHW),
+            helper.make_node("MaxPool", [f"{base}_nchw"], [f"{base}_pooled"], **self.pool),
+            helper.make_node("Transpose", [f"{base}_pooled"], [self.target], perm=_NCHW_TO_NHWC),
+        ]
+
+
+def _pool_chain(
+    node: Any, producer: dict[str, Any], consumers: dict[str, list[Any]]
+) -> _PoolChain | None:
+    """The NHWC pooling chain around a ``MaxPool`` node, or None if it is not one."""
+    from onnx import helper
+
+    if node.op_type != "MaxPool":
+        return None
+    attrs = {a.name: list(helper.get_attribute_value(a)) for a in node.attribute}
+    kernel = attrs.get("kernel_shape", [])
+    if len(kernel) != 4:
+        return None
+    strides = attrs.get("strides", [1] * 4)
+    pads = attrs.get("pads", [0] * 8)
+    dilations = attrs.get("dilations", [1] * 4)
+    unsq1 = producer.get(node.input[0])
+    unsq0 = producer.get(unsq1.input[0]) if unsq1 is not None else None
+    after = consumers.get(node.output[0], [])
+    edges_are_one = all(v[0] == 1 and v[3] == 1 for v in (kernel, strides, dilations))
+    if (
+        not edges_are_one
+        or any(pads[i] for i in (0, 3, 4, 7))
+        or unsq0 is None
+        or unsq1.op_type != "Unsqueeze"
+        or unsq0.op_type != "Unsqueeze"
+        or len(consumers.get(unsq1.output[0], [])) != 1
+        or len(consumers.get(unsq0.output[0], [])) != 1
+        or len(after) != 1
+        or after[0].op_type != "Squeeze"
+    ):
+        return None
+    pool = {"kernel_shape": kernel[1:3], "strides": strides[1:3]}
+    if any(pads):
+        pool["pads"] = [pads[1], pads[2], pads[5], pads[6]]
+    if any(d != 1 for d in dilations):
+        pool["dilations"] = dilations[1:3]
+    return _PoolChain((unsq0, unsq1, node, after[0]), unsq0.input[0], after[0].output[0], pool)
 
 
 def onnx_probabilities(onnx_path: Path, pixels: np.ndarray) -> np.ndarray:
@@ -49,15 +170,3 @@ def onnx_probabilities(onnx_path: Path, pixels: np.ndarray) -> np.ndarray:
 def parity(onnx_path: Path, keras_probs: np.ndarray, pixels: np.ndarray) -> float:
     """Largest absolute difference between ONNX and Keras probabilities."""
     return float(np.max(np.abs(onnx_probabilities(onnx_path, pixels) - keras_probs)))
-
-
-def _main(keras_path: str, onnx_path: str) -> None:
-    import keras
-
-    model = keras.saving.load_model(keras_path)
-    model(np.zeros((2, IMAGE_PIXELS), dtype=np.float32))  # Keras refuses a never-called model
-    model.export(onnx_path, format="onnx", verbose=False)
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1], sys.argv[2])

@@ -24,6 +24,7 @@ import numpy as np
 
 from mnistops.bundle import ONNX_FILE, REFERENCE_FILE, ReferenceProfile, write_metadata
 from mnistops.config import Settings
+from mnistops.errors import MnistopsError
 from mnistops.evaluate import evaluate, plot_confusion, plot_learning_curves, plot_misclassified
 from mnistops.export import export_onnx, onnx_probabilities
 from mnistops.features import FEATURE_NAMES, IMAGE_PIXELS, image_features
@@ -37,7 +38,7 @@ CHECKPOINT_FILE = "model.keras"
 SERVE_REQUIREMENTS = ["keras", "jax", "numpy"]
 
 
-class TrainError(RuntimeError):
+class TrainError(MnistopsError):
     """Training finished but its model must not be registered (e.g. failed ONNX parity)."""
 
 
@@ -231,7 +232,7 @@ def _package(
 
     bundle = work / "bundle"
     bundle.mkdir()
-    diff = _export_and_check(model, work, bundle, splits.x_test, test_probs)
+    diff = _export_and_check(model, bundle, splits.x_test, test_probs)
     log(f"ONNX parity: max |ONNX - Keras| = {diff:.2e} on {PARITY_IMAGES} test images")
     _write_reference(bundle, splits.x_val, splits.y_val)
     metadata = {
@@ -346,13 +347,11 @@ def _log_plots(
 
 
 def _export_and_check(
-    model: Any, work: Path, bundle: Path, x_test: np.ndarray, test_probs: np.ndarray
+    model: Any, bundle: Path, x_test: np.ndarray, test_probs: np.ndarray
 ) -> float:
     import mlflow
 
-    keras_path = work / CHECKPOINT_FILE
-    model.save(keras_path)
-    export_onnx(keras_path, bundle / ONNX_FILE)
+    export_onnx(model, bundle / ONNX_FILE)
     onnx_probs = onnx_probabilities(bundle / ONNX_FILE, x_test[:PARITY_IMAGES])
     diff = float(np.max(np.abs(onnx_probs - test_probs[:PARITY_IMAGES])))
     mlflow.log_metric("onnx_max_abs_diff", diff)

@@ -51,7 +51,7 @@ def export_onnx(model: Any, onnx_path: Path) -> None:
         raw = Path(tmp) / "raw.onnx"
         try:
             model.export(str(raw), format="onnx", verbose=False)
-        except Exception as exc:  # noqa: BLE001 - any converter failure means no export
+        except Exception as exc:
             raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
         _save_single_file(_fix_pooling(_load(raw)), onnx_path)
 
@@ -106,7 +106,7 @@ class _PoolChain:
     parts: tuple[Any, ...]
     source: str
     target: str
-    pool: dict[str, list[int]]
+    pool: dict[str, Any]
 
     def replacement(self, base: str) -> list[Any]:
         from onnx import helper
@@ -135,12 +135,13 @@ def _pool_chain(
     dilations = attrs.get("dilations", [1] * 4)
     unsq1 = producer.get(node.input[0])
     unsq0 = producer.get(unsq1.input[0]) if unsq1 is not None else None
+    if unsq0 is None or unsq1 is None:
+        return None
     after = consumers.get(node.output[0], [])
     edges_are_one = all(v[0] == 1 and v[3] == 1 for v in (kernel, strides, dilations))
     if (
         not edges_are_one
         or any(pads[i] for i in (0, 3, 4, 7))
-        or unsq0 is None
         or unsq1.op_type != "Unsqueeze"
         or unsq0.op_type != "Unsqueeze"
         or len(consumers.get(unsq1.output[0], [])) != 1
@@ -149,7 +150,7 @@ def _pool_chain(
         or after[0].op_type != "Squeeze"
     ):
         return None
-    pool = {"kernel_shape": kernel[1:3], "strides": strides[1:3]}
+    pool: dict[str, Any] = {"kernel_shape": kernel[1:3], "strides": strides[1:3]}
     if any(pads):
         pool["pads"] = [pads[1], pads[2], pads[5], pads[6]]
     if any(d != 1 for d in dilations):

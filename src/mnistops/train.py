@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mnistops.bundle import ONNX_FILE, REFERENCE_FILE, ReferenceProfile, write_metadata
+from mnistops.checkpoints import CHECKPOINT_FILE, RunProgress, load_progress, save_checkpoint
 from mnistops.config import Settings
 from mnistops.errors import MnistopsError
 from mnistops.evaluate import evaluate, plot_confusion, plot_learning_curves, plot_misclassified
@@ -33,8 +34,6 @@ DEFAULT_BACKEND = "jax"
 """Measured fastest for the lab recipe on CPU (README: "Why JAX")."""
 PARITY_IMAGES = 2000
 PARITY_TOLERANCE = 1e-4
-STATE_FILE = "state.json"
-CHECKPOINT_FILE = "model.keras"
 SERVE_REQUIREMENTS = ["keras", "jax", "numpy"]
 
 
@@ -117,46 +116,63 @@ def train(
     import mlflow
 
     from mnistops.data import load_mnist
-    from mnistops.registry import ensure_experiment, gate
+    from mnistops.registry import ensure_experiment
 
     data = load_mnist(settings)
     splits = _split(data, params, extra_train)
     checkpoint = settings.checkpoint_dir / params.key(splits.extra_key)
-    state = _load_state(checkpoint)
-    model = _open_model(params, checkpoint, state, log)
+    progress = load_progress(checkpoint)
+    model = _open_model(params, checkpoint, progress, log)
     experiment_id = ensure_experiment(settings, experiment or settings.experiment)
-    run_id = state["run_id"] if state else None
+    run_id = progress.run_id if progress else None
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id) as run:
-        if not state:
+        if progress is None:
             _log_start(params, data.fingerprint(), len(splits.x_fit), tags)
-            state = {"run_id": run.info.run_id, "epoch": 0, "history": {}, "fit_seconds": 0.0}
-        resumed_from = int(state["epoch"])
-        fit_seconds = _fit(model, params, splits, checkpoint, state)
-        mlflow.log_metric("fit_seconds", fit_seconds)
-        log(f"fit took {fit_seconds:.1f} s")
-
-        test_probs = model.predict(splits.x_test, batch_size=1024, verbose=0)
-        scores = evaluate(test_probs, splits.y_test)
-        mlflow.log_metrics(scores.metrics())
-        log(f"test accuracy {scores.accuracy:.4f}, loss {scores.loss:.4f}, ECE {scores.ece:.4f}")
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            _log_plots(work, state["history"], scores, data.x_test, splits.y_test, test_probs)
-            version, kept = _package(settings, params, model, splits, test_probs, work, log)
-        decision = gate(settings, version, scores.accuracy)
-        mlflow.set_tags({"registered_version": version, "gate.decision": decision.alias})
+            progress = RunProgress(run.info.run_id)
+        resumed_from = progress.epoch
+        _fit(model, params, splits, checkpoint, progress)
+        mlflow.log_metric("fit_seconds", progress.fit_seconds)
+        log(f"fit took {progress.fit_seconds:.1f} s")
+        result = _evaluate_and_register(settings, params, model, splits, data.x_test, progress, log)
     shutil.rmtree(checkpoint, ignore_errors=True)
+    result.resumed_from = resumed_from
+    return result
+
+
+def _evaluate_and_register(
+    settings: Settings,
+    params: TrainParams,
+    model: Any,
+    splits: _Splits,
+    test_images: np.ndarray,
+    progress: RunProgress,
+    log: Callable[[str], None],
+) -> TrainResult:
+    """Score the test set, log plots, export and register the version, run the gate."""
+    import mlflow
+
+    from mnistops.registry import gate
+
+    test_probs = model.predict(splits.x_test, batch_size=1024, verbose=0)
+    scores = evaluate(test_probs, splits.y_test)
+    mlflow.log_metrics(scores.metrics())
+    log(f"test accuracy {scores.accuracy:.4f}, loss {scores.loss:.4f}, ECE {scores.ece:.4f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        _log_plots(work, progress.history, scores, test_images, splits.y_test, test_probs)
+        version, kept = _package(settings, params, model, splits, test_probs, work, log)
+    decision = gate(settings, version, scores.accuracy)
+    mlflow.set_tags({"registered_version": version, "gate.decision": decision.alias})
     name = settings.registered_model
     log(f"registered {name} version {version}: {decision.alias} ({decision.reason})")
     return TrainResult(
-        run_id=run.info.run_id,
+        run_id=progress.run_id,
         version=version,
         test_accuracy=scores.accuracy,
         decision=decision.alias,
         reason=decision.reason,
         bundle_path=kept,
-        fit_seconds=fit_seconds,
-        resumed_from=resumed_from,
+        fit_seconds=progress.fit_seconds,
         metrics=scores.metrics(),
     )
 
@@ -200,16 +216,19 @@ def _split(
 
 
 def _open_model(
-    params: TrainParams, checkpoint: Path, state: dict[str, Any] | None, log: Callable[[str], None]
+    params: TrainParams,
+    checkpoint: Path,
+    progress: RunProgress | None,
+    log: Callable[[str], None],
 ) -> Any:
     """The checkpointed model of an unfinished run, or a new one."""
     import keras
 
     keras.utils.set_random_seed(params.seed)
-    if state:
+    if progress:
         log(
-            f"Resuming run {state['run_id']} from epoch {state['epoch'] + 1} "
-            f"({state['epoch']} of {params.epochs} epochs already done)"
+            f"Resuming run {progress.run_id} from epoch {progress.epoch + 1} "
+            f"({progress.epoch} of {params.epochs} epochs already done)"
         )
         return keras.saving.load_model(checkpoint / CHECKPOINT_FILE)
     from mnistops.model import build_model
@@ -276,55 +295,39 @@ def _log_start(
 
 
 def _fit(
-    model: Any, params: TrainParams, splits: _Splits, checkpoint: Path, state: dict[str, Any]
-) -> float:
+    model: Any, params: TrainParams, splits: _Splits, checkpoint: Path, progress: RunProgress
+) -> None:
     """Fit from the last completed epoch, checkpointing and logging after each epoch."""
+    if progress.epoch >= params.epochs:
+        return
+    model.fit(
+        splits.x_fit,
+        splits.y_fit,
+        validation_data=(splits.x_val, splits.y_val),
+        epochs=params.epochs,
+        initial_epoch=progress.epoch,
+        batch_size=params.batch_size,
+        callbacks=[_epoch_recorder(model, checkpoint, progress)],
+        verbose=1 if os.isatty(1) else 2,
+    )
+
+
+def _epoch_recorder(model: Any, checkpoint: Path, progress: RunProgress) -> Any:
+    """A Keras callback that times each epoch, logs its metrics to MLflow and checkpoints."""
     import keras
     import mlflow
 
-    class EpochEnd(keras.callbacks.Callback):  # type: ignore[misc]  # Keras ships no types
+    class EpochRecorder(keras.callbacks.Callback):  # type: ignore[misc]  # Keras ships no types
         def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            state["fit_seconds"] += time.perf_counter() - self.started
             values = {k: float(v) for k, v in (logs or {}).items()}
             mlflow.log_metrics(values, step=epoch + 1)
-            for name, value in values.items():
-                state["history"].setdefault(name, []).append(value)
-            state["epoch"] = epoch + 1
-            _save_state(checkpoint, model, state)
+            progress.record_epoch(epoch + 1, time.perf_counter() - self.started, values)
+            save_checkpoint(checkpoint, model, progress)
 
-    if state["epoch"] < params.epochs:
-        model.fit(
-            splits.x_fit,
-            splits.y_fit,
-            validation_data=(splits.x_val, splits.y_val),
-            epochs=params.epochs,
-            initial_epoch=state["epoch"],
-            batch_size=params.batch_size,
-            callbacks=[EpochEnd()],
-            verbose=1 if os.isatty(1) else 2,
-        )
-    return float(state["fit_seconds"])
-
-
-def _load_state(checkpoint: Path) -> dict[str, Any] | None:
-    if (checkpoint / STATE_FILE).is_file() and (checkpoint / CHECKPOINT_FILE).is_file():
-        loaded: dict[str, Any] = json.loads((checkpoint / STATE_FILE).read_text())
-        return loaded
-    return None
-
-
-def _save_state(checkpoint: Path, model: Any, state: dict[str, Any]) -> None:
-    """Write model then state, each atomically, so a kill leaves a consistent pair."""
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    partial = checkpoint / f"partial-{CHECKPOINT_FILE}"
-    model.save(partial)
-    partial.replace(checkpoint / CHECKPOINT_FILE)
-    tmp = checkpoint / f"{STATE_FILE}.partial"
-    tmp.write_text(json.dumps(state))
-    tmp.replace(checkpoint / STATE_FILE)
+    return EpochRecorder()
 
 
 def _log_plots(

@@ -40,7 +40,9 @@ def test_pooling_is_two_dimensional_in_the_export(tmp_path: Path) -> None:
 
     export_onnx(build_model("cnn"), tmp_path / "model.onnx")
 
-    pools = [n for n in onnx.load(str(tmp_path / "model.onnx")).graph.node if n.op_type == "MaxPool"]
+    pools = [
+        n for n in onnx.load(str(tmp_path / "model.onnx")).graph.node if n.op_type == "MaxPool"
+    ]
     assert len(pools) == 2
     for node in pools:
         kernel = next(a for a in node.attribute if a.name == "kernel_shape")

@@ -29,7 +29,8 @@ $(VENV)/.%: requirements/%.txt pyproject.toml
 
 lock:  ## Re-resolve requirements/*.txt from pyproject.toml (PyPI, Python 3.11-3.13, Linux and macOS)
 	@test -x $(BIN)/uv || $(MAKE) install-dev
-	$(LOCK) --extra serve --extra registry -o requirements/serve.txt
+	$(LOCK) --extra serve -o requirements/serve.txt
+	$(LOCK) --extra serve --extra registry -o requirements/serve-registry.txt
 	$(LOCK) --extra train -o requirements/run.txt
 	$(LOCK) --extra train --extra ui -o requirements/ui.txt
 	$(LOCK) --extra dev -o requirements/dev.txt

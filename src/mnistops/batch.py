@@ -11,14 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from mnistops.config import Settings
+from mnistops.errors import MnistopsError
 from mnistops.features import IMAGE_PIXELS
 from mnistops.imaging import InputError, image_to_pixels, pixels_from_values
 
 ARRAY_KEYS = ("x", "images", "x_test", "x_train")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ACCEPTED_FILES = ".png or .jpg images, or .npy/.npz arrays of 28x28 or 784 values"
 
 
-class BatchInputError(ValueError):
+class BatchInputError(MnistopsError):
     """A file cannot be read as images."""
 
 
@@ -69,9 +71,13 @@ def read_pixels(path: Path, max_image_pixels: int = 40_000_000) -> np.ndarray:
             with np.load(path, allow_pickle=False) as archive:
                 key = next((k for k in ARRAY_KEYS if k in archive), archive.files[0])
                 return _array_pixels(archive[key])
-    except (OSError, ValueError, InputError, IndexError) as exc:
-        raise BatchInputError(f"{path}: {exc}") from exc
-    raise BatchInputError(f"{path}: unsupported file type; use .png, .jpg, .npy or .npz")
+    except OSError as exc:
+        raise BatchInputError(
+            f"cannot read {path} ({exc.strerror or exc}); give {ACCEPTED_FILES}"
+        ) from exc
+    except (ValueError, InputError, IndexError) as exc:
+        raise BatchInputError(f"{path}: {exc}; give {ACCEPTED_FILES}") from exc
+    raise BatchInputError(f"{path}: unsupported file type; give {ACCEPTED_FILES}")
 
 
 def _array_pixels(array: np.ndarray) -> np.ndarray:

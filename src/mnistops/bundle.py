@@ -13,11 +13,14 @@ A bundle folder holds three files and needs nothing else:
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mnistops.errors import MnistopsError
 
 ONNX_FILE = "model.onnx"
 REFERENCE_FILE = "reference.npz"
@@ -25,7 +28,7 @@ METADATA_FILE = "metadata.json"
 BUNDLE_FILES = (ONNX_FILE, REFERENCE_FILE, METADATA_FILE)
 
 
-class BundleError(RuntimeError):
+class BundleError(MnistopsError):
     """A model folder is missing a file or holds a malformed one."""
 
 
@@ -50,14 +53,24 @@ class ReferenceProfile:
 
     @classmethod
     def load(cls, path: Path) -> ReferenceProfile:
-        """Read a profile written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as data:
-            return cls(
-                feature_names=tuple(str(n) for n in data["feature_names"]),
-                features=data["features"],
-                probabilities=data["probabilities"],
-                labels=data["labels"],
-            )
+        """Read a profile written by :meth:`save`.
+
+        Raises:
+            BundleError: the file is missing, corrupt or lacks an array.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls(
+                    feature_names=tuple(str(n) for n in data["feature_names"]),
+                    features=data["features"],
+                    probabilities=data["probabilities"],
+                    labels=data["labels"],
+                )
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise BundleError(
+                f"{path} is not a reference profile ({exc}); "
+                "write the folder again with `mnistops export`"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -97,13 +110,16 @@ def load_bundle(folder: Path) -> ModelBundle:
     missing = [name for name in BUNDLE_FILES if not (folder / name).is_file()]
     if missing:
         raise BundleError(
-            f"{folder} is not a model folder: missing {', '.join(missing)} "
-            f"(expected {', '.join(BUNDLE_FILES)}; `mnistops export` writes one)"
+            f"{folder} is not a model folder (missing {', '.join(missing)}); "
+            f"`mnistops export` writes one with {', '.join(BUNDLE_FILES)}"
         )
     try:
         metadata = json.loads((folder / METADATA_FILE).read_text())
     except json.JSONDecodeError as exc:
-        raise BundleError(f"{folder / METADATA_FILE} is not valid JSON: {exc}") from exc
+        raise BundleError(
+            f"{folder / METADATA_FILE} is not valid JSON ({exc}); "
+            "write the folder again with `mnistops export`"
+        ) from exc
     return ModelBundle(
         path=folder,
         name=str(metadata.get("name", "mnist-classifier")),

@@ -2,18 +2,51 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
-from mnistops.config import CHAMPION, DEFAULT_MODEL_URI, Settings, load_settings
+from mnistops.config import CHAMPION, DEFAULT_MODEL_URI, load_settings, shown_default
+from mnistops.errors import MnistopsError
+from mnistops.model import DEFAULT_EPOCHS, Architecture
+
+PACKAGE = "mnistops"
+RECIPE_EPOCHS = ", ".join(f"{name} {epochs}" for name, epochs in DEFAULT_EPOCHS.items())
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` as one line on stderr; the Exit to raise with ``code``."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=code)
+
+
+class ToolGroup(TyperGroup):
+    """The root command: any command's refusal, outage or unusable path ends in one line."""
+
+    # ctx is click's Context, which newer Typer releases vendor under a private name
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MnistopsError as exc:
+            raise fail(str(exc), exc.exit_code) from exc
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            raise fail(
+                f"cannot use {exc.filename}: {exc.strerror}; check the path and its permissions"
+            ) from exc
+
 
 app = typer.Typer(
-    name="mnistops",
+    name=PACKAGE,
+    cls=ToolGroup,
     help="The whole life of a handwritten-digit classifier: data, training tracked in MLflow, "
     "a registry with a quality gate, ONNX serving, monitoring. State lives in MNISTOPS_HOME "
     "(default ./.mnistops).",
@@ -24,26 +57,39 @@ data_app = typer.Typer(help="Fetch and inspect the datasets.", no_args_is_help=T
 app.add_typer(data_app, name="data")
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=1)
+def _print_version(requested: bool) -> None:
+    if requested:
+        typer.echo(f"{PACKAGE} {installed_version(PACKAGE)}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Options of mnistops itself, before any command."""
 
 
 @data_app.command("fetch")
 def data_fetch(
     source: Annotated[
         Path | None,
-        typer.Option("--from", help="A folder holding the four MNIST IDX .gz files or mnist.npz."),
+        typer.Option(
+            "--from",
+            help="A folder holding the four MNIST IDX .gz files or mnist.npz.",
+            show_default="MNISTOPS_MNIST_DIR, else download",
+        ),
     ] = None,
 ) -> None:
     """Fetch MNIST (verified by checksum and fingerprint) into the state folder's cache."""
-    from mnistops.data import DataError, fetch_mnist
+    from mnistops.data import fetch_mnist
 
-    try:
-        path = fetch_mnist(load_settings(), source)
-    except DataError as exc:
-        raise _fail(str(exc)) from exc
-    typer.echo(f"MNIST ready: {path}")
+    typer.echo(f"MNIST ready: {fetch_mnist(load_settings(), source)}")
 
 
 @data_app.command("info")
@@ -54,10 +100,7 @@ def data_info() -> None:
     from mnistops.data import DataError, load_fashion, load_mnist
 
     settings = load_settings()
-    try:
-        mnist = load_mnist(settings)
-    except DataError as exc:
-        raise _fail(str(exc)) from exc
+    mnist = load_mnist(settings)
     typer.echo(f"MNIST cache: {settings.data_dir}")
     typer.echo(
         f"  train {mnist.x_train.shape} test {mnist.x_test.shape} dtype {mnist.x_train.dtype}"
@@ -74,9 +117,12 @@ def data_info() -> None:
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option(help="Architecture: mlp (the lab's) or cnn.")] = "mlp",
+    model: Annotated[
+        Architecture, typer.Option(help="Architecture; mlp is the lab's network.")
+    ] = Architecture.MLP,
     epochs: Annotated[
-        int | None, typer.Option(min=1, help="Passes over the training data [mlp: 5, cnn: 8].")
+        int | None,
+        typer.Option(min=1, help="Passes over the training data.", show_default=RECIPE_EPOCHS),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per gradient step.")] = 128,
     learning_rate: Annotated[float, typer.Option(min=0.0, help="Adam's step size.")] = 1e-3,
@@ -85,10 +131,14 @@ def train(
     ] = 0.1,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same accuracy).")] = 0,
     limit: Annotated[
-        int | None, typer.Option(min=100, help="Train on the first N training images only.")
+        int | None,
+        typer.Option(
+            min=100, help="Train on the first N training images only.", show_default="all"
+        ),
     ] = None,
     experiment: Annotated[
-        str | None, typer.Option(help="MLflow experiment (default: mnist).")
+        str | None,
+        typer.Option(help="MLflow experiment.", show_default=shown_default("experiment")),
     ] = None,
 ) -> None:
     """Train a model, log the run to MLflow, register it and run the quality gate.
@@ -96,20 +146,14 @@ def train(
     Killing it mid-training and running the same command again resumes from the last
     completed epoch.
     """
-    from mnistops.data import DataError
-    from mnistops.export import ExportError
-    from mnistops.model import DEFAULT_EPOCHS, MODELS
-    from mnistops.train import TrainError, TrainParams
+    from mnistops.train import TrainParams
     from mnistops.train import train as run_training
 
-    if model not in MODELS:
-        raise typer.BadParameter(f"choose one of {', '.join(MODELS)}", param_hint="--model")
     epochs = epochs or DEFAULT_EPOCHS[model]
-    params = TrainParams(model, epochs, batch_size, learning_rate, validation_split, seed, limit)
-    try:
-        result = run_training(load_settings(), params, experiment=experiment)
-    except (DataError, TrainError, ExportError) as exc:
-        raise _fail(str(exc)) from exc
+    params = TrainParams(
+        model.value, epochs, batch_size, learning_rate, validation_split, seed, limit
+    )
+    result = run_training(load_settings(), params, experiment=experiment)
     typer.echo(
         f"run {result.run_id}: test_accuracy={result.test_accuracy:.4f} "
         f"version={result.version} alias={result.decision}"
@@ -121,25 +165,17 @@ def promote(
     version: Annotated[str, typer.Argument(help="Registered version to make champion.")],
 ) -> None:
     """Move the champion alias to VERSION by hand."""
-    from mnistops.registry import RegistryError
     from mnistops.registry import promote as move
 
-    try:
-        typer.echo(move(load_settings(), version))
-    except RegistryError as exc:
-        raise _fail(str(exc)) from exc
+    typer.echo(move(load_settings(), version))
 
 
 @app.command()
 def rollback() -> None:
     """Move the champion alias back to the version it replaced."""
-    from mnistops.registry import RegistryError
     from mnistops.registry import rollback as move_back
 
-    try:
-        typer.echo(move_back(load_settings()))
-    except RegistryError as exc:
-        raise _fail(str(exc)) from exc
+    typer.echo(move_back(load_settings()))
 
 
 @app.command()
@@ -161,13 +197,9 @@ def export(
     ] = Path("model"),
 ) -> None:
     """Write a servable folder from a registry URI (what the container image bakes in)."""
-    from mnistops.bundle import BundleError
-    from mnistops.registry import RegistryError, export_bundle
+    from mnistops.registry import export_bundle
 
-    try:
-        bundle = export_bundle(uri, load_settings(), out)
-    except (RegistryError, BundleError) as exc:
-        raise _fail(str(exc)) from exc
+    bundle = export_bundle(uri, load_settings(), out)
     typer.echo(f"wrote {bundle.name} version {bundle.version} to {out}")
 
 
@@ -196,28 +228,45 @@ def ui(
 
 
 @app.command()
-def run() -> None:
+def run(
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            hidden=True,
+            help="Epochs if it trains.",
+            show_default=str(DEFAULT_EPOCHS[Architecture.MLP]),
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            min=100, hidden=True, help="Training images if it trains.", show_default="all"
+        ),
+    ] = None,
+) -> None:
     """The main job: fetch MNIST if absent, train the lab's model if there is no champion,
-    then serve the champion."""
+    then serve the champion from a fresh process that never imported the training stack."""
     from mnistops.data import fetch_mnist
-    from mnistops.registry import RegistryError, current_version
+    from mnistops.registry import unset_alias
 
     settings = load_settings()
     fetch_mnist(settings)
-    try:
-        version = current_version(settings.model_uri, settings)
-    except RegistryError:
-        version = None
-    if version is None and settings.model_uri.startswith("models:/"):
-        typer.echo(f"no {CHAMPION} yet: training the lab's model (mlp, 5 epochs, batch 128)")
-        train()
-    _serve(settings)
+    if unset_alias(settings.model_uri, settings):
+        planned = epochs or DEFAULT_EPOCHS[Architecture.MLP]
+        typer.echo(
+            f"no {CHAMPION} yet: training the lab's model (mlp, {planned} epochs, batch 128)"
+        )
+        train(epochs=epochs, limit=limit)
+    _become_server()
 
 
-def _serve(settings: Settings) -> None:
-    from mnistops.serve.server import serve
-
-    serve(settings)
+def _become_server() -> NoReturn:
+    """Replace this process with `mnistops serve` in a new interpreter: the same PID and
+    signals, without the hundreds of megabytes that training imported."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", PACKAGE, "serve"])
 
 
 def _register_stage_commands() -> None:

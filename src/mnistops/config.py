@@ -130,6 +130,17 @@ def load_settings(**overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+def shown_default(name: str) -> str:
+    """A setting's default as ``--help`` shows it: the variables that set it, then its value."""
+    field = Settings.model_fields[name]
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        variables = [str(choice) for choice in alias.choices]
+    else:
+        variables = [str(alias or f"MNISTOPS_{name.upper()}")]
+    return f"{' or '.join(variables)}, else {field.default}"
+
+
 def environment_has(name: str) -> bool:
     """True when an environment variable is set and non-empty."""
     return bool(os.environ.get(name))

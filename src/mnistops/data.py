@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mnistops.config import Settings
+from mnistops.errors import MnistopsError
 
 MNIST_FINGERPRINT = "06b0d1f124c4e5fa796686ade41a9b778edacc8622f2195a352ef479ad44fc16"
 """sha256 over x_train, y_train, x_test, y_test (uint8, C order) of the real MNIST."""
@@ -52,7 +53,7 @@ CACHE_FILE = "mnist.npz"
 _IDX_TYPES = {0x08: np.uint8}
 
 
-class DataError(RuntimeError):
+class DataError(MnistopsError):
     """A dataset could not be read, verified or found."""
 
 
@@ -234,7 +235,7 @@ def fetch_mnist(
         try:
             data = _verify(loader(), name)
         except (DataError, OSError, subprocess.SubprocessError, ValueError) as exc:
-            failures.append(f"  - {name}: {exc}")
+            failures.append(f"{name}: {exc}")
             continue
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(".partial.npz")
@@ -249,8 +250,8 @@ def fetch_mnist(
         log(f"MNIST verified (fingerprint {MNIST_FINGERPRINT[:12]}) and cached at {cache}")
         return cache
     raise DataError(
-        "no source gave the real MNIST. Tried:\n" + "\n".join(failures) + "\n"
-        "Provide the files by hand: put the four IDX .gz files "
+        f"no source gave the real MNIST (tried {' / '.join(failures)}); "
+        "provide the files by hand: put the four IDX .gz files "
         f"({', '.join(IDX_FILES.values())}) or Keras' mnist.npz in a folder and run "
         "`mnistops data fetch --from FOLDER` (or set MNISTOPS_MNIST_DIR)."
     )

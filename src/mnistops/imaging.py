@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 
+from mnistops.errors import MnistopsError
 from mnistops.features import IMAGE_PIXELS, IMAGE_SIDE
 
 DIGIT_BOX = 20
@@ -22,12 +23,12 @@ ACCEPTED_IMAGE_TYPES = ("image/png", "image/jpeg")
 JSON_NUMBERS = "numbers must be finite; JSON has no NaN or Infinity"
 
 
-class InputError(ValueError):
+class InputError(MnistopsError):
     """A client sent something that is not an image or pixel array we accept."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
-        self.status = status
+        self.http_status = status
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:

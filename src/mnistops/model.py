@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from mnistops.features import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES
@@ -10,6 +11,15 @@ if TYPE_CHECKING:
     import keras
 
 MODELS = ("mlp", "cnn")
+
+
+class Architecture(StrEnum):
+    """The architectures of :data:`MODELS`, as a command-line choice."""
+
+    MLP = "mlp"
+    CNN = "cnn"
+
+
 DEFAULT_EPOCHS = {"mlp": 5, "cnn": 8}
 """Epochs of each recipe: the lab's 5 for the MLP; the convnet needs 8 to pass 99.3 %."""
 INPUT_NAME = "pixels"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mnistops.bundle import ModelBundle
+from mnistops.bundle import BundleError, ModelBundle
+from mnistops.errors import first_line
 from mnistops.features import IMAGE_PIXELS, NUM_CLASSES
 
 
@@ -30,7 +31,23 @@ class Predictor:
         return self.bundle.version
 
     def load(self) -> None:
-        """Create the inference session and run one warm-up batch."""
+        """Create the inference session and run one warm-up batch.
+
+        Raises:
+            BundleError: the ONNX file is corrupt or does not take ``[N, 784]`` pixels.
+        """
+        try:
+            self._session = self._open_session()
+            self.predict(np.zeros((1, IMAGE_PIXELS), dtype=np.float32))
+        # onnxruntime's errors share no base class narrower than Exception
+        except Exception as exc:
+            self._session = None
+            raise BundleError(
+                f"{self.bundle.onnx_path} is not a model onnxruntime can run "
+                f"({first_line(exc)}); write the folder again with `mnistops export`"
+            ) from exc
+
+    def _open_session(self) -> object:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -41,8 +58,7 @@ class Predictor:
             str(self.bundle.onnx_path), options, providers=["CPUExecutionProvider"]
         )
         self._input_name = session.get_inputs()[0].name
-        self._session = session
-        self.predict(np.zeros((1, IMAGE_PIXELS), dtype=np.float32))
+        return session
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities for a batch of images.

@@ -1,5 +1,5 @@
-"""The MLflow model registry: tracking setup, the quality gate, aliases, and resolving a
-model URI (alias, version or local folder) to a local servable bundle.
+"""The MLflow model registry: the quality gate, aliases, and resolving a model URI
+(alias, version or local folder) to a local servable bundle.
 
 MLflow is imported inside the functions, so importing this module costs nothing; the
 serving process only needs the light ``mlflow-skinny`` client, and only to resolve a
@@ -8,7 +8,6 @@ registry URI.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -18,17 +17,17 @@ from typing import Any
 
 from mnistops.bundle import BUNDLE_FILES, METADATA_FILE, ModelBundle, load_bundle
 from mnistops.config import CHALLENGER, CHAMPION, Settings
+from mnistops.errors import MnistopsError
+from mnistops.tracking import SERVER_SCHEMES, existing, registry_uri, setup_mlflow, tracking
 
 TAG_DECISION = "gate.decision"
 TAG_REASON = "gate.reason"
 TAG_ACCURACY = "test_accuracy"
 TAG_PREVIOUS = "previous_champion"
-_SERVER_SCHEMES = ("http://", "https://", "databricks")
-_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(MnistopsError):
     """A model URI cannot be resolved, or a registry operation is refused."""
 
 
@@ -44,39 +43,20 @@ class GateDecision:
         return self.alias == CHAMPION
 
 
-def setup_mlflow(settings: Settings) -> Any:
-    """Point MLflow at the configured store and return a client."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    if settings.tracking_uri is None:
-        settings.home.mkdir(parents=True, exist_ok=True)
-    # MLflow also writes these URIs into os.environ, where the next Settings() would read
-    # them as configuration: keep the environment as the user set it.
-    saved = {k: os.environ.get(k) for k in _MLFLOW_ENV}
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.registry_uri or settings.mlflow_tracking_uri)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    return MlflowClient()
-
-
 def ensure_experiment(settings: Settings, name: str) -> str:
     """The experiment's id, created (with artifacts under the state folder) if new."""
     import mlflow
 
     client = setup_mlflow(settings)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    # A tracking server chooses its own artifact store; with a database URI the client
-    # would default to ./mlruns in whatever folder it runs from, so use the state folder.
-    served = settings.mlflow_tracking_uri.startswith(_SERVER_SCHEMES)
-    location = None if served else settings.mlflow_artifact_root
-    return str(mlflow.create_experiment(name, artifact_location=location))
+    with tracking(settings.mlflow_tracking_uri):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        # A tracking server chooses its own artifact store; with a database URI the client
+        # would default to ./mlruns in whatever folder it runs from, so use the state folder.
+        served = settings.mlflow_tracking_uri.startswith(SERVER_SCHEMES)
+        location = None if served else settings.mlflow_artifact_root
+        return str(mlflow.create_experiment(name, artifact_location=location))
 
 
 def decide(accuracy: float, floor: float, champion_accuracy: float | None) -> GateDecision:
@@ -100,15 +80,15 @@ def decide(accuracy: float, floor: float, champion_accuracy: float | None) -> Ga
     )
 
 
-def champion_accuracy(client: Any, name: str) -> float | None:
-    """The current champion's test accuracy, or None when there is no champion."""
-    from mlflow.exceptions import MlflowException
+def _alias_target(settings: Settings, client: Any, name: str, alias: str) -> Any | None:
+    """The model version an alias points at, or None when the alias is not set."""
+    return existing(settings, lambda: client.get_model_version_by_alias(name, alias))
 
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-    value = version.tags.get(TAG_ACCURACY)
+
+def champion_accuracy(settings: Settings, client: Any) -> float | None:
+    """The current champion's test accuracy, or None when there is no champion."""
+    champion = _alias_target(settings, client, settings.registered_model, CHAMPION)
+    value = None if champion is None else champion.tags.get(TAG_ACCURACY)
     return float(value) if value is not None else None
 
 
@@ -116,38 +96,34 @@ def gate(settings: Settings, version: str, accuracy: float) -> GateDecision:
     """Run the quality gate on a registered version: set its alias and decision tags."""
     client = setup_mlflow(settings)
     name = settings.registered_model
-    client.set_model_version_tag(name, version, TAG_ACCURACY, f"{accuracy:.6f}")
-    decision = decide(accuracy, settings.accuracy_floor, champion_accuracy(client, name))
-    client.set_model_version_tag(name, version, TAG_DECISION, decision.alias)
-    client.set_model_version_tag(name, version, TAG_REASON, decision.reason)
-    if decision.promoted:
-        _move_champion(client, name, version)
-    else:
-        client.set_registered_model_alias(name, CHALLENGER, version)
+    with tracking(registry_uri(settings)):
+        client.set_model_version_tag(name, version, TAG_ACCURACY, f"{accuracy:.6f}")
+        decision = decide(accuracy, settings.accuracy_floor, champion_accuracy(settings, client))
+        client.set_model_version_tag(name, version, TAG_DECISION, decision.alias)
+        client.set_model_version_tag(name, version, TAG_REASON, decision.reason)
+        if decision.promoted:
+            _move_champion(settings, client, version)
+        else:
+            client.set_registered_model_alias(name, CHALLENGER, version)
     return decision
 
 
-def _move_champion(client: Any, name: str, version: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        previous = client.get_model_version_by_alias(name, CHAMPION).version
-    except MlflowException:
-        previous = None
-    if previous is not None and str(previous) != str(version):
-        client.set_model_version_tag(name, version, TAG_PREVIOUS, str(previous))
-    client.set_registered_model_alias(name, CHAMPION, version)
+def _move_champion(settings: Settings, client: Any, version: str) -> None:
+    name = settings.registered_model
+    previous = _alias_target(settings, client, name, CHAMPION)
+    with tracking(registry_uri(settings)):
+        if previous is not None and str(previous.version) != str(version):
+            client.set_model_version_tag(name, version, TAG_PREVIOUS, str(previous.version))
+        client.set_registered_model_alias(name, CHAMPION, version)
 
 
 def promote(settings: Settings, version: str) -> str:
     """Move ``champion`` to ``version`` by hand; returns a sentence saying what happened."""
     client = setup_mlflow(settings)
     name = settings.registered_model
-    try:
-        client.get_model_version(name, version)
-    except Exception as exc:
-        raise RegistryError(f"{name} has no version {version}") from exc
-    _move_champion(client, name, version)
+    if existing(settings, lambda: client.get_model_version(name, version)) is None:
+        raise RegistryError(f"{name} has no version {version}; `mnistops models` lists them")
+    _move_champion(settings, client, version)
     return f"{name} version {version} is now {CHAMPION}"
 
 
@@ -155,32 +131,51 @@ def rollback(settings: Settings) -> str:
     """Move ``champion`` back to the version it replaced."""
     client = setup_mlflow(settings)
     name = settings.registered_model
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-    except Exception as exc:
-        raise RegistryError(f"{name} has no {CHAMPION} to roll back") from exc
+    current = _alias_target(settings, client, name, CHAMPION)
+    if current is None:
+        raise RegistryError(
+            f"{name} has no {CHAMPION} to roll back; `mnistops promote VERSION` sets one"
+        )
     previous = current.tags.get(TAG_PREVIOUS)
     if not previous:
         raise RegistryError(
             f"{name} version {current.version} replaced no earlier {CHAMPION}; "
             "use `mnistops promote VERSION` to choose one"
         )
-    client.set_registered_model_alias(name, CHAMPION, previous)
+    with tracking(registry_uri(settings)):
+        client.set_registered_model_alias(name, CHAMPION, previous)
     return f"{CHAMPION} rolled back from version {current.version} to version {previous}"
 
 
 def current_version(uri: str, settings: Settings) -> str | None:
-    """The version a ``models:/`` URI points at now; None for a local folder. Cheap."""
+    """The version a ``models:/`` URI points at now; None for a local folder. Cheap.
+
+    Raises:
+        RegistryError: the alias is not set.
+        TrackingUnavailableError: the registry cannot be asked.
+    """
     match = _MODELS_URI.match(uri)
     if match is None:
         return None
     if match["version"]:
         return match["version"]
+    name, alias = match["name"], match["alias"]
+    target = _alias_target(settings, setup_mlflow(settings), name, alias)
+    if target is None:
+        raise RegistryError(
+            f"{name} has no alias @{alias}; `mnistops train` registers a version, "
+            "`mnistops models` lists them"
+        )
+    return str(target.version)
+
+
+def unset_alias(uri: str, settings: Settings) -> bool:
+    """True when ``uri`` is ``models:/NAME@ALIAS`` and the alias points at no version yet."""
+    match = _MODELS_URI.match(uri)
+    if match is None or not match["alias"]:
+        return False
     client = setup_mlflow(settings)
-    try:
-        return str(client.get_model_version_by_alias(match["name"], match["alias"]).version)
-    except Exception as exc:
-        raise RegistryError(f"{match['name']} has no alias @{match['alias']}") from exc
+    return _alias_target(settings, client, match["name"], match["alias"]) is None
 
 
 def resolve(uri_or_path: str, settings: Settings) -> ModelBundle:
@@ -215,15 +210,19 @@ def _download_version(settings: Settings, name: str, version: str, target: Path)
     setup_mlflow(settings)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        try:
-            local = Path(
-                mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp)
-            )
-        except Exception as exc:
-            raise RegistryError(f"cannot download models:/{name}/{version}: {exc}") from exc
+        uri = f"models:/{name}/{version}"
+        downloaded = existing(
+            settings, lambda: mlflow.artifacts.download_artifacts(uri, dst_path=tmp)
+        )
+        if downloaded is None:
+            raise RegistryError(f"{name} has no version {version}; `mnistops models` lists them")
+        local = Path(downloaded)
         missing = [f for f in BUNDLE_FILES if not (local / f).is_file()]
         if missing:
-            raise RegistryError(f"models:/{name}/{version} holds no servable files ({missing})")
+            raise RegistryError(
+                f"{uri} holds no servable files (missing {', '.join(missing)}); "
+                "register one with `mnistops train`"
+            )
         staged = Path(tmp) / "bundle"
         staged.mkdir()
         for file in BUNDLE_FILES:
@@ -247,15 +246,12 @@ def list_versions(settings: Settings) -> list[str]:
     """One line per registered version: number, aliases, accuracy, gate decision."""
     client = setup_mlflow(settings)
     name = settings.registered_model
-    from mlflow.exceptions import MlflowException
-
-    try:
+    with tracking(registry_uri(settings)):
         versions = client.search_model_versions(f"name='{name}'")
-    except MlflowException as exc:
-        return [f"no versions of {name} ({exc})"]
+        # search results omit aliases: fetch each version
+        detailed = [client.get_model_version(name, v.version) for v in versions]
     lines = []
-    for found in sorted(versions, key=lambda v: int(v.version)):
-        v = client.get_model_version(name, found.version)  # search results omit aliases
+    for v in sorted(detailed, key=lambda v: int(v.version)):
         aliases = ",".join(f"@{a}" for a in getattr(v, "aliases", []) or []) or "-"
         lines.append(
             f"{name} v{v.version}  {aliases:24}  test_accuracy="

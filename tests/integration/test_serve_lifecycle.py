@@ -25,7 +25,7 @@ TOKEN = "s3cret-admin-token"
 @pytest.fixture
 def two_version_home(trained_settings: Settings, tmp_path: Path) -> Settings:
     """A copy of the trained store with a second registered version of the same model."""
-    from mnistops.registry import setup_mlflow
+    from mnistops.tracking import setup_mlflow
 
     home = tmp_path / "home"
     shutil.copytree(trained_settings.home, home, ignore=shutil.ignore_patterns("models"))

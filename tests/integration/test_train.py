@@ -22,7 +22,7 @@ PARAMS = ("model", "epochs", "batch_size", "learning_rate", "validation_split", 
 
 
 def _client(settings: Settings):  # type: ignore[no-untyped-def]
-    from mnistops.registry import setup_mlflow
+    from mnistops.tracking import setup_mlflow
 
     return setup_mlflow(settings)
 

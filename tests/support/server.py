@@ -1,4 +1,4 @@
-"""Run `mnistops serve` as a real process on a free port, for tests."""
+"""Run `mnistops serve` (or `mnistops run`) as a real process on a free port, for tests."""
 
 from __future__ import annotations
 
@@ -46,20 +46,34 @@ def run_server(
     model: str, port: int, home: Path, env: dict[str, str] | None = None
 ) -> Iterator[RunningServer]:
     """Start a server, wait until it is ready, stop it (SIGTERM, then SIGKILL) on exit."""
+    with run_command(["serve", "--model", model, "--port", str(port)], port, home, env) as running:
+        yield running
+
+
+@contextmanager
+def run_command(
+    args: list[str],
+    port: int,
+    home: Path,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 60,
+) -> Iterator[RunningServer]:
+    """Start ``mnistops ARGS`` serving on ``port``, wait until it is ready, stop it on exit."""
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / f"server-{port}.log"
     environment = {
         **os.environ,
         "MNISTOPS_HOME": str(home),
+        "MNISTOPS_PORT": str(port),
         "MNISTOPS_RELOAD_INTERVAL_S": "0",
         **(env or {}),
     }
-    command = [sys.executable, "-m", "mnistops.cli", "serve", "--model", model, "--port", str(port)]
+    command = [sys.executable, "-m", "mnistops", *args]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process)
+        wait_ready(url, process, ready_timeout)
         yield RunningServer(url, process, log_path)
     finally:
         if process.poll() is None:

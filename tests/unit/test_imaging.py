@@ -65,7 +65,7 @@ def test_blank_image_gives_blank_input() -> None:
 def test_pixel_limit_is_checked_before_decoding() -> None:
     with pytest.raises(InputError) as excinfo:
         decode_image(_png(np.zeros((300, 300), np.uint8)), max_pixels=10_000)
-    assert excinfo.value.status == 413
+    assert excinfo.value.http_status == 413
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -74,7 +74,7 @@ def test_decoder_never_fails_except_with_input_error(data: bytes) -> None:
     try:
         pixels = image_to_pixels(data, MAX_PIXELS)
     except InputError as exc:
-        assert exc.status in (400, 413)
+        assert exc.http_status in (400, 413)
     else:
         assert pixels.shape == (1, 784)
 

@@ -8,7 +8,12 @@ from typing import Annotated
 
 import typer
 
+from mnistops.config import shown_default
+from mnistops.model import DEFAULT_EPOCHS, Architecture
+from mnistops.monitor.simulate import Scenario
+
 monitor_app = typer.Typer(help="Drive and inspect production monitoring.", no_args_is_help=True)
+RECIPE_EPOCHS = ", ".join(f"{name} {epochs}" for name, epochs in DEFAULT_EPOCHS.items())
 
 
 def register(app: typer.Typer) -> None:
@@ -23,11 +28,12 @@ def simulate(
         str, typer.Option(help="Base URL of a running service.")
     ] = "http://127.0.0.1:8000",
     scenario: Annotated[
-        str, typer.Option(help="clean, fashion, rotate, noise, invert or mix.")
-    ] = "clean",
+        Scenario, typer.Option(help="What kind of images to send.")
+    ] = Scenario.CLEAN,
     n: Annotated[int, typer.Option("--n", min=1, help="Images to send.")] = 500,
     rate: Annotated[
-        float | None, typer.Option(help="At most this many requests per second.")
+        float | None,
+        typer.Option(help="At most this many requests per second.", show_default="no limit"),
     ] = None,
     feedback: Annotated[bool, typer.Option(help="Also send each true label to /feedback.")] = False,
     seed: Annotated[int, typer.Option(help="Which images are drawn.")] = 0,
@@ -36,11 +42,9 @@ def simulate(
     from rich.progress import Progress
 
     from mnistops.config import load_settings
-    from mnistops.monitor.simulate import SCENARIOS, scenario_images
+    from mnistops.monitor.simulate import scenario_images
     from mnistops.monitor.simulate import simulate as send
 
-    if scenario not in SCENARIOS:
-        raise typer.BadParameter(f"choose one of {', '.join(SCENARIOS)}", param_hint="--scenario")
     images, labels = scenario_images(scenario, load_settings(), n, seed)
     with Progress() as bar:
         task = bar.add_task(f"{scenario} → {url}", total=n)
@@ -59,10 +63,15 @@ def simulate(
 def report(
     out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
     since: Annotated[
-        datetime | None, typer.Option(help="Only predictions at or after this time (ISO 8601).")
+        datetime | None,
+        typer.Option(help="Only predictions at or after this time (ISO 8601).", show_default="all"),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model whose reference profile to compare with [champion].")
+        str | None,
+        typer.Option(
+            help="Model whose reference profile to compare with.",
+            show_default=shown_default("model_uri"),
+        ),
     ] = None,
 ) -> None:
     """Write a self-contained HTML drift report from the prediction log."""
@@ -71,38 +80,39 @@ def report(
     from mnistops.registry import resolve
 
     settings = load_settings(model_uri=model)
-    try:
-        summary = build_report(
-            settings.prediction_log, resolve(settings.model_uri, settings), out, since
-        )
-    except ValueError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from exc
+    bundle = resolve(settings.model_uri, settings)
+    summary = build_report(settings.prediction_log, bundle, out, since)
     typer.echo(f"wrote {out}: {summary}")
 
 
 def retrain(
     url: Annotated[
-        str | None, typer.Option(help="Running service whose drift verdict decides.")
+        str | None,
+        typer.Option(
+            help="Running service whose drift verdict decides.", show_default="none: use --force"
+        ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Retrain whatever the verdict.")] = False,
-    model: Annotated[str, typer.Option(help="Architecture: mlp or cnn.")] = "mlp",
-    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs [the recipe's].")] = None,
+    model: Annotated[
+        Architecture, typer.Option(help="Architecture of the candidate.")
+    ] = Architecture.MLP,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs.", show_default=RECIPE_EPOCHS)
+    ] = None,
     limit: Annotated[
-        int | None, typer.Option(min=100, help="First N MNIST training images only.")
+        int | None,
+        typer.Option(min=100, help="First N MNIST training images only.", show_default="all"),
     ] = None,
 ) -> None:
     """Retrain on MNIST plus feedback-labelled logged images when the service reports drift
     (or with --force); the new version goes through the quality gate."""
     from mnistops.config import load_settings
-    from mnistops.model import DEFAULT_EPOCHS
     from mnistops.monitor.retrain import retrain as run_retrain
     from mnistops.train import TrainParams
 
-    params = TrainParams(model=model, epochs=epochs or DEFAULT_EPOCHS[model], limit=limit)
-    try:
-        result = run_retrain(load_settings(), url=url, force=force, params=params)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    if url is None and not force:
+        raise typer.BadParameter("give the running service's --url, or --force", param_hint="--url")
+    params = TrainParams(model=model.value, epochs=epochs or DEFAULT_EPOCHS[model], limit=limit)
+    result = run_retrain(load_settings(), url=url, force=force, params=params)
     if result is not None:
         typer.echo(f"version {result.version}: {result.decision} ({result.reason})")

@@ -19,6 +19,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from mnistops.bundle import ModelBundle
+from mnistops.errors import MnistopsError, first_line, redacted
 from mnistops.features import FEATURE_NAMES
 from mnistops.monitor.drift import DriftDetector
 from mnistops.monitor.predlog import feedback, make_engine, predictions
@@ -26,8 +27,16 @@ from mnistops.monitor.predlog import feedback, make_engine, predictions
 WINDOW = 500
 
 
+class ReportError(MnistopsError):
+    """The prediction log cannot be read, or holds nothing to report on."""
+
+
 def load_log(url: str, since: datetime | None = None) -> dict[str, Any]:
-    """Logged predictions (oldest first) with any feedback labels."""
+    """Logged predictions (oldest first) with any feedback labels.
+
+    Raises:
+        ReportError: the log's database cannot be reached or holds no log yet.
+    """
     engine = make_engine(url)
     query = (
         sa.select(
@@ -47,9 +56,16 @@ def load_log(url: str, since: datetime | None = None) -> dict[str, Any]:
     )
     if since is not None:
         query = query.where(predictions.c.ts >= since)
-    with engine.connect() as db:
-        rows = db.execute(query).all()
-    engine.dispose()
+    try:
+        with engine.connect() as db:
+            rows = db.execute(query).all()
+    except sa.exc.DBAPIError as exc:
+        raise ReportError(
+            f"cannot read the prediction log {redacted(url)} ({first_line(exc.orig or exc)}); "
+            "serve a model and send it traffic first, or fix MNISTOPS_PREDICTION_LOG_URL"
+        ) from exc
+    finally:
+        engine.dispose()
     return {
         "ts": [r.ts for r in rows],
         "label": np.array([r.label for r in rows], dtype=np.int64),
@@ -126,11 +142,18 @@ def _figures(log: dict[str, Any], bundle: ModelBundle) -> dict[str, str]:
 def build_report(
     url: str, bundle: ModelBundle, out: Path, since: datetime | None = None
 ) -> dict[str, Any]:
-    """Write the report to ``out``; return its headline numbers."""
+    """Write the report to ``out``; return its headline numbers.
+
+    Raises:
+        ReportError: no readable log, or no predictions since ``since``.
+    """
     log = load_log(url, since)
     count = len(log["label"])
     if count == 0:
-        raise ValueError("the prediction log holds no predictions for that period")
+        raise ReportError(
+            "the prediction log holds no predictions for that period; "
+            "send traffic (`mnistops monitor simulate`) or choose an earlier --since"
+        )
     labelled = log["true_label"] >= 0
     accuracy = (
         float((log["label"][labelled] == log["true_label"][labelled]).mean())

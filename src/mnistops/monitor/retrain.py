@@ -11,15 +11,23 @@ import numpy as np
 import sqlalchemy as sa
 
 from mnistops.config import Settings
+from mnistops.errors import ServiceUnavailableError
 from mnistops.features import IMAGE_SIDE
 from mnistops.monitor.predlog import feedback, make_engine, predictions
 
 
 def drift_verdict(url: str) -> dict[str, Any]:
-    """The running service's GET /monitoring/drift answer."""
-    response = httpx.get(url.rstrip("/") + "/monitoring/drift", timeout=30)
-    response.raise_for_status()
-    verdict: dict[str, Any] = response.json()
+    """The running service's GET /monitoring/drift answer.
+
+    Raises:
+        ServiceUnavailableError: no mnistops service answers at ``url``.
+    """
+    try:
+        response = httpx.get(url.rstrip("/") + "/monitoring/drift", timeout=30)
+        response.raise_for_status()
+        verdict: dict[str, Any] = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ServiceUnavailableError(url, exc) from exc
     return verdict
 
 

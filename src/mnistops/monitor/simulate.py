@@ -6,13 +6,27 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from enum import StrEnum
 
 import httpx
 import numpy as np
 
 from mnistops.config import Settings
+from mnistops.errors import ServiceUnavailableError
 
-SCENARIOS = ("clean", "fashion", "rotate", "noise", "invert", "mix")
+
+class Scenario(StrEnum):
+    """The kinds of traffic the simulator sends (described in :func:`scenario_images`)."""
+
+    CLEAN = "clean"
+    FASHION = "fashion"
+    ROTATE = "rotate"
+    NOISE = "noise"
+    INVERT = "invert"
+    MIX = "mix"
+
+
+SCENARIOS = tuple(Scenario)
 NOISE_STD = 0.5
 ROTATION_DEGREES = 60.0
 
@@ -72,6 +86,9 @@ def simulate(
     """POST each image to ``url``/predict (at most ``rate`` per second); count outcomes.
 
     With ``feedback`` and ``labels``, also sends each true label to /feedback.
+
+    Raises:
+        ServiceUnavailableError: the first request found no service (later failures are counted).
     """
     outcomes: Counter[str] = Counter()
     interval = 1.0 / rate if rate else 0.0
@@ -88,6 +105,8 @@ def simulate(
                     body = {"request_id": response.json()["request_id"], "label": int(labels[i])}
                     client.post("/feedback", json=body)
             except httpx.TransportError as exc:
+                if i == 0:
+                    raise ServiceUnavailableError(url, exc) from exc
                 outcomes[type(exc).__name__] += 1
             if progress is not None:
                 progress(1)

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mnistops import __version__
 from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
+from mnistops.errors import MnistopsError
 from mnistops.imaging import (
     ACCEPTED_IMAGE_TYPES,
     JSON_NUMBERS,
@@ -101,8 +102,8 @@ def create_app(settings: Settings, bundle: ModelBundle | None = None) -> FastAPI
         from mnistops.registry import resolve
 
         bundle = resolve(settings.model_uri, settings)
-    monitor = _make_monitor(settings, bundle)
     served = load_served(bundle, settings)
+    monitor = _make_monitor(settings, bundle)
     manager = ModelManager(
         settings, served, on_swap=(lambda s: monitor.set_model(s.bundle)) if monitor else None
     )
@@ -168,9 +169,9 @@ def _batch_observer() -> Any:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(InputError)
-    async def input_error(request: Request, exc: InputError) -> Response:
-        return json_response({"error": str(exc)}, exc.status)
+    @app.exception_handler(MnistopsError)
+    async def refused(request: Request, exc: MnistopsError) -> Response:
+        return json_response({"error": str(exc)}, exc.http_status)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from mnistops.config import shown_default
+
 
 def register(app: typer.Typer) -> None:
     """Add the serving commands (serve, predict) to the root CLI."""
@@ -18,25 +20,22 @@ def serve(
     model: Annotated[
         str | None,
         typer.Option(
-            help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder "
-            "[default: models:/mnist-classifier@champion]"
+            help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder.",
+            show_default=shown_default("model_uri"),
         ),
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: $PORT or 8000].")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind.", show_default=shown_default("host"))
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on.", show_default=shown_default("port"))
+    ] = None,
 ) -> None:
     """Serve a model over HTTP: /predict, the Open Inference Protocol v2, /metrics, the page."""
-    from mnistops.bundle import BundleError
     from mnistops.config import load_settings
-    from mnistops.registry import RegistryError
     from mnistops.serve.server import serve as run_server
 
-    settings = load_settings(model_uri=model, host=host, port=port)
-    try:
-        run_server(settings)
-    except (RegistryError, BundleError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from exc
+    run_server(load_settings(model_uri=model, host=host, port=port))
 
 
 def predict(
@@ -45,23 +44,23 @@ def predict(
         typer.Argument(help="Images (.png, .jpg), or arrays (.npy, .npz) of 28x28 or 784 values."),
     ],
     model: Annotated[
-        str | None, typer.Option(help="Model URI or folder [default: the champion].")
+        str | None,
+        typer.Option(help="Model URI or folder.", show_default=shown_default("model_uri")),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Write a CSV (source, index, digit, confidence, p0..p9).")
+        Path | None,
+        typer.Option(
+            help="Write a CSV (source, index, digit, confidence, p0..p9).",
+            show_default="print labels",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per onnxruntime call.")] = 4096,
 ) -> None:
     """Batch inference through the predictor: print labels, or write a CSV."""
-    from mnistops.batch import BatchInputError, predict_files
+    from mnistops.batch import predict_files
     from mnistops.config import load_settings
 
-    settings = load_settings(model_uri=model)
-    try:
-        rows = predict_files(files, settings, batch_size=batch_size)
-    except BatchInputError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from exc
+    rows = predict_files(files, load_settings(model_uri=model), batch_size=batch_size)
     if out is not None:
         rows.write_csv(out)
         typer.echo(f"wrote {len(rows)} predictions to {out}")

@@ -28,7 +28,14 @@ class Served:
 
 
 def load_served(bundle: ModelBundle, settings: Settings) -> Served:
-    """Create the inference session for a bundle and warm it up."""
+    """Create the inference session for a bundle and warm it up.
+
+    Raises:
+        BundleError: the ONNX file, or the reference profile the monitor will need, is
+            unusable (found here, before any request or monitor process sees it).
+    """
+    if settings.monitoring:
+        bundle.reference()
     predictor = Predictor(bundle, intra_op_threads=settings.intra_op_threads)
     predictor.load()
     return Served(bundle, predictor)

@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from typing import Any
 
 from mnistops.config import Settings
+from mnistops.errors import MnistopsError
 
 log = logging.getLogger("mnistops.serve")
+
+
+class ServeError(MnistopsError):
+    """The server cannot listen where it was told to."""
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail before loading anything when ``host:port`` cannot be listened on.
+
+    Raises:
+        ServeError: the port is taken, or the host is not an address of this machine.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ServeError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); "
+                "choose a free --port and an address of this machine as --host"
+            ) from exc
 
 
 def serve(settings: Settings, *, bundle: Any = None) -> None:
@@ -16,11 +40,15 @@ def serve(settings: Settings, *, bundle: Any = None) -> None:
 
     On SIGTERM readiness turns false at once, the listening socket closes, requests in
     flight finish, and the process exits 0 within ``settings.grace_period_s``.
+
+    Raises:
+        ServeError: the address cannot be listened on.
     """
     import uvicorn
 
     from mnistops.serve.app import create_app
 
+    check_address(settings.host, settings.port)
     started = time.perf_counter()
     app = create_app(settings, bundle)
     runtime = app.state.runtime

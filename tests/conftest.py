@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bench.servers import free_port
 
 from mnistops.config import Settings
 from mnistops.data import Mnist, fetch_mnist, load_mnist
@@ -31,13 +31,6 @@ def _isolated_environment() -> Iterator[None]:
     os.environ.setdefault("KERAS_BACKEND", "jax")
     yield
     os.environ.update(saved)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -270,11 +270,11 @@ def _become_server() -> NoReturn:
 
 
 def _register_stage_commands() -> None:
-    from mnistops.monitor.commands import register as register_monitor
+    from mnistops.ops.commands import register as register_ops
     from mnistops.serve.commands import register as register_serve
 
     register_serve(app)
-    register_monitor(app)
+    register_ops(app)
 
 
 _register_stage_commands()

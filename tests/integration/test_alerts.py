@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from mnistops.config import Settings
-from mnistops.monitor.simulate import scenario_images, simulate
+from mnistops.ops.simulate import scenario_images, simulate
 from tests.conftest import free_port
 from tests.support.server import RunningServer, run_server
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
 from mnistops.features import image_features
 from mnistops.monitor.drift import DriftDetector
-from mnistops.monitor.simulate import scenario_images
+from mnistops.ops.simulate import scenario_images
 from mnistops.predictor import Predictor
 
 pytestmark = pytest.mark.integration
@@ -21,7 +22,7 @@ WINDOW, EVERY, ALPHA = 500, 50, 0.001
 
 
 @pytest.fixture(scope="module")
-def predictor(trained_bundle) -> Predictor:  # type: ignore[no-untyped-def]
+def predictor(trained_bundle: ModelBundle) -> Predictor:
     model = Predictor(trained_bundle)
     model.load()
     return model
@@ -45,8 +46,8 @@ def _first_alarm(detector: DriftDetector, features: np.ndarray, probs: np.ndarra
 def test_shifted_traffic_is_flagged_within_200_predictions(
     scenario: str,
     predictor: Predictor,
-    trained_bundle,
-    trained_settings: Settings,  # type: ignore[no-untyped-def]
+    trained_bundle: ModelBundle,
+    trained_settings: Settings,
 ) -> None:
     detector = DriftDetector(trained_bundle.reference(), WINDOW, EVERY, ALPHA)
     clean, _ = scenario_images("clean", trained_settings, 300, seed=1)
@@ -59,8 +60,8 @@ def test_shifted_traffic_is_flagged_within_200_predictions(
 
 def test_clean_traffic_false_alarm_rate_is_at_most_one_percent(
     predictor: Predictor,
-    trained_bundle,
-    trained_settings: Settings,  # type: ignore[no-untyped-def]
+    trained_bundle: ModelBundle,
+    trained_settings: Settings,
 ) -> None:
     detector = DriftDetector(trained_bundle.reference(), WINDOW, EVERY, ALPHA)
     images, _ = scenario_images("clean", trained_settings, 10_000, seed=3)
@@ -75,8 +76,8 @@ def test_clean_traffic_false_alarm_rate_is_at_most_one_percent(
 
 
 def test_every_test_is_reported_with_statistic_and_pvalue(
-    predictor: Predictor, trained_bundle, trained_settings: Settings
-) -> None:  # type: ignore[no-untyped-def]
+    predictor: Predictor, trained_bundle: ModelBundle, trained_settings: Settings
+) -> None:
     detector = DriftDetector(trained_bundle.reference(), WINDOW, EVERY, ALPHA)
     images, _ = scenario_images("clean", trained_settings, 200, seed=5)
     report = detector.check(*_stream(predictor, images))

@@ -18,7 +18,7 @@ import pytest
 
 from mnistops.config import Settings
 from mnistops.data import Mnist
-from mnistops.monitor.simulate import scenario_images, simulate
+from mnistops.ops.simulate import scenario_images, simulate
 from tests.conftest import free_port
 from tests.support.server import run_server
 

@@ -1,18 +1,24 @@
-"""Run `mnistops serve` (or `mnistops run`) as a real process on a free port, for tests."""
+"""Run `mnistops serve` (or `mnistops run`) as a real process on a free port, for tests.
+
+Starting, polling and stopping are bench/servers.py's, shared with the benchmarks.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from bench import servers
+from bench.servers import LOOPBACK, READY_TIMEOUT_S
+
+READY_PATH = "/v2/health/ready"
+PROBE_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -25,20 +31,15 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> float:
+def _ready(url: str) -> servers.Probe:
+    return functools.partial(servers.http_ok, f"{url}{READY_PATH}", timeout=PROBE_TIMEOUT_S)
+
+
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT_S
+) -> float:
     """Seconds until /v2/health/ready answered 200; fails if the process died."""
-    started = time.perf_counter()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before it was ready")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return time.perf_counter() - started
-        except httpx.TransportError:
-            pass
-        time.sleep(0.02)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
+    return servers.wait_ready(process, _ready(url), timeout)
 
 
 @contextmanager
@@ -56,7 +57,7 @@ def run_command(
     port: int,
     home: Path,
     env: dict[str, str] | None = None,
-    ready_timeout: float = 60,
+    ready_timeout: float = READY_TIMEOUT_S,
 ) -> Iterator[RunningServer]:
     """Start ``mnistops ARGS`` serving on ``port``, wait until it is ready, stop it on exit."""
     home.mkdir(parents=True, exist_ok=True)
@@ -69,17 +70,6 @@ def run_command(
         **(env or {}),
     }
     command = [sys.executable, "-m", "mnistops", *args]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process, ready_timeout)
-        yield RunningServer(url, process, log_path)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+    url = f"http://{LOOPBACK}:{port}"
+    with servers.serving(command, environment, log_path, _ready(url), ready_timeout) as server:
+        yield RunningServer(url, server.process, log_path)

@@ -1,1 +1,2 @@
-"""Monitoring: Prometheus metrics, drift detection, prediction log, report, simulator."""
+"""Monitoring, in the serving process and its monitor process: metrics, drift detection,
+the prediction log, feedback."""

@@ -110,7 +110,7 @@ class DriftDetector:
             self.last: DriftReport | None = None
 
     @property
-    def observed(self) -> int:
+    def in_window(self) -> int:
         """Predictions in the window now."""
         return self._features.count
 

@@ -1,4 +1,6 @@
-"""Every Prometheus metric of the service, defined once; the request middleware; exposition.
+"""The model, input, drift and prediction-log metrics, defined once; exposition.
+
+The serving process's own HTTP and batching metrics are in ``mnistops.serve.metrics``.
 
 Names follow Prometheus conventions (``mnistops_`` prefix, ``_seconds``, ``_total``);
 model metrics carry ``model`` and ``version`` labels.
@@ -7,7 +9,6 @@ model metrics carry ``model`` and ``version`` labels.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,7 +19,6 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     generate_latest,
 )
 from prometheus_client.core import HistogramMetricFamily
@@ -27,24 +27,7 @@ from prometheus_client.utils import floatToGoString
 
 from mnistops.features import FEATURE_NAMES
 
-LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.002,
-    0.003,
-    0.005,
-    0.0075,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-)
 CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 FEATURE_BUCKETS = {
     "pixel_mean": (0.02, 0.05, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.3, 0.5, 0.7, 0.9),
     "pixel_std": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5),
@@ -119,28 +102,6 @@ class ArrayHistogram(Collector):
             family.add_metric(list(labels), list(zip(self._le, cumulative, strict=True)), total)
         yield family
 
-
-# --- operational ------------------------------------------------------------------
-REQUESTS = Counter(
-    "mnistops_requests",
-    "HTTP requests by route template, method and status.",
-    ("route", "method", "status"),
-)
-REQUEST_DURATION = Histogram(
-    "mnistops_request_duration_seconds",
-    "Time to answer an HTTP request, by route.",
-    ("route",),
-    buckets=LATENCY_BUCKETS,
-)
-IN_FLIGHT = Gauge("mnistops_requests_in_flight", "HTTP requests being answered now.")
-BATCH_SIZE = Histogram(
-    "mnistops_batch_size", "Images per onnxruntime call (micro-batching).", buckets=BATCH_BUCKETS
-)
-BATCH_QUEUE_WAIT = Histogram(
-    "mnistops_batch_queue_wait_seconds",
-    "Time a request waited to join a batch.",
-    buckets=LATENCY_BUCKETS,
-)
 
 # --- model --------------------------------------------------------------------------
 MODEL_INFO = Gauge(
@@ -227,13 +188,6 @@ OBSERVE_DROPPED = Counter(
 )
 
 
-def observe_batch(size: int, waits: list[float]) -> None:
-    """Record one onnxruntime call of the micro-batcher."""
-    BATCH_SIZE.observe(size)
-    for wait in waits:
-        BATCH_QUEUE_WAIT.observe(wait)
-
-
 def render_latest(monitor_text: bytes = b"") -> tuple[bytes, str]:
     """The exposition text of the serving process's metrics followed by the monitor
     process's (``monitor_text``), and its content type."""
@@ -243,44 +197,3 @@ def render_latest(monitor_text: bytes = b"") -> tuple[bytes, str]:
 def render_monitor() -> bytes:
     """The exposition text of the monitor process's families."""
     return generate_latest(MONITOR_REGISTRY)
-
-
-class MetricsMiddleware:
-    """Pure-ASGI middleware: request count, duration and in-flight, by route template."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self._children: dict[tuple[str, str, int], Any] = {}
-        self._durations: dict[str, Any] = {}
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        started = time.perf_counter()
-
-        async def capture(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        IN_FLIGHT.inc()
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            IN_FLIGHT.dec()
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self._record(route, scope["method"], status, time.perf_counter() - started)
-
-    def _record(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        counter = self._children.get(key)
-        if counter is None:
-            counter = self._children[key] = REQUESTS.labels(route, method, str(status))
-        counter.inc()
-        duration = self._durations.get(route)
-        if duration is None:
-            duration = self._durations[route] = REQUEST_DURATION.labels(route)
-        duration.observe(seconds)

@@ -3,7 +3,8 @@ queue, by SQLAlchemy (SQLite by default, PostgreSQL by URL).
 
 When the store is down or slow, the service is unaffected: rows that cannot be queued
 or written are dropped and counted (``mnistops_prediction_log_rows_dropped_total``),
-and writing resumes when the store is back.
+and writing resumes when the store is back. True labels sent as feedback live in the same
+database (``FeedbackStore``), written synchronously: the client waits for the answer.
 """
 
 from __future__ import annotations
@@ -84,26 +85,67 @@ def make_engine(url: str) -> sa.Engine:
 
 
 def now() -> datetime:
+    """The time stamp of a row: now, in UTC."""
     return datetime.now(UTC)
 
 
-class PredictionLog:
-    """A background writer thread fed through a bounded queue of rows."""
+class _Store:
+    """An engine on the prediction log's database, created on first use, and its tables."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: sa.Engine | None = None
+        self._schema_ready = False
+
+    def connect(self) -> None:
+        """Create the engine (no connection is made until the first statement)."""
+        if self._engine is None:
+            self._engine = make_engine(self.url)
+
+    def close(self) -> None:
+        """Close the engine's connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def _ready_engine(self) -> sa.Engine:
+        """The engine, once the tables exist."""
+        self.connect()
+        assert self._engine is not None
+        if not self._schema_ready:
+            meta.create_all(self._engine)
+            self._schema_ready = True
+        return self._engine
+
+
+class FeedbackStore(_Store):
+    """True labels, and the label predicted for a logged request: read and written
+    synchronously, in the serving process (the client waits for the answer)."""
+
+    def add_feedback(self, request_id: str, label: int) -> None:
+        """Record the true label of an earlier prediction."""
+        with self._ready_engine().begin() as db:
+            db.execute(feedback.insert(), [{"ts": now(), "request_id": request_id, "label": label}])
+
+    def lookup_label(self, request_id: str) -> int | None:
+        """The label predicted for a logged request, if it is in the store."""
+        with self._ready_engine().connect() as db:
+            found = db.execute(
+                sa.select(predictions.c.label).where(predictions.c.request_id == request_id)
+            ).first()
+        return int(found[0]) if found else None
+
+
+class PredictionLog(_Store):
+    """A background writer thread fed through a bounded queue of rows (in the monitor
+    process)."""
 
     def __init__(self, url: str, max_queue: int) -> None:
-        self.url = url
+        super().__init__(url)
         self.max_queue = max_queue
         self._rows: collections.deque[dict[str, Any]] = collections.deque()
         self._ready = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-        self._engine: sa.Engine | None = None
-        self._schema_ready = False
-
-    def connect(self) -> None:
-        """Create the engine (``start`` does it too; alone, for feedback and lookups)."""
-        if self._engine is None:
-            self._engine = make_engine(self.url)
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -119,8 +161,7 @@ class PredictionLog:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("prediction log not flushed within %s s at shutdown", timeout)
-        if self._engine is not None:
-            self._engine.dispose()
+        self.close()
 
     def put_many(self, rows: Sequence[dict[str, Any]]) -> None:
         """Queue rows; never blocks (rows beyond the queue's room are dropped and counted)."""
@@ -130,29 +171,6 @@ class PredictionLog:
             self._ready.notify()
         if len(rows) > room:
             metrics.LOG_DROPPED.labels("queue_full").inc(len(rows) - room)
-
-    def add_feedback(self, request_id: str, label: int) -> None:
-        """Record a true label (synchronously: the client waits for the answer)."""
-        assert self._engine is not None
-        self._ensure_schema()
-        with self._engine.begin() as db:
-            db.execute(feedback.insert(), [{"ts": now(), "request_id": request_id, "label": label}])
-
-    def lookup_label(self, request_id: str) -> int | None:
-        """The label predicted for a logged request, if it is in the store."""
-        assert self._engine is not None
-        self._ensure_schema()
-        with self._engine.connect() as db:
-            found = db.execute(
-                sa.select(predictions.c.label).where(predictions.c.request_id == request_id)
-            ).first()
-        return int(found[0]) if found else None
-
-    def _ensure_schema(self) -> None:
-        if not self._schema_ready:
-            assert self._engine is not None
-            meta.create_all(self._engine)
-            self._schema_ready = True
 
     def _take_batch(self) -> tuple[list[dict[str, Any]], bool]:
         """Up to WRITE_BATCH rows, waiting at most FLUSH_SECONDS for them to accumulate;
@@ -176,9 +194,7 @@ class PredictionLog:
             metrics.LOG_QUEUE.set(len(self._rows))
             if rows:
                 try:
-                    self._ensure_schema()
-                    assert self._engine is not None
-                    with self._engine.begin() as db:
+                    with self._ready_engine().begin() as db:
                         db.execute(predictions.insert(), rows)
                     metrics.LOG_WRITTEN.inc(len(rows))
                     failures = 0

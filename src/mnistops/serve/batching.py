@@ -1,13 +1,14 @@
 """Adaptive micro-batching: concurrent requests share one onnxruntime call.
 
 A request puts its images on a queue and awaits a future. One worker task takes
-everything queued at that moment (up to ``max_size`` images) and runs it as one batch:
-an idle worker never waits, so a lone request pays nothing, and under load the batch
-is whatever arrived while the previous one ran. ``max_wait`` (default 0) can make the
-worker linger for stragglers. Small batches run inline on the event loop (cheaper than
-a thread hop for a model this small); larger ones run in a thread so the loop keeps
-parsing requests on the other core. Requests are grouped by the predictor they started
-with, so a hot swap never moves a request in flight to another model version.
+what is queued at that moment, as long as it fits in ``max_size`` images, and runs
+it as one batch: an idle worker never waits, so a lone request pays nothing, and
+under load the batch is whatever arrived while the previous one ran. ``max_wait``
+(default 0) can make the worker linger for stragglers. Small batches run inline on
+the event loop (cheaper than a thread hop for a model this small); larger ones run
+in a thread so the loop keeps parsing requests on the other core. Requests are
+grouped by the predictor they started with, so a hot swap never moves a request in
+flight to another model version.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +25,9 @@ from mnistops.predictor import Predictor
 
 INLINE_IMAGES = 64
 """Batches up to this many images run on the event loop; larger ones in a thread."""
+
+OnBatch = Callable[[int, list[float]], None]
+"""Told of every onnxruntime call: its images, and how long each request in it queued."""
 
 
 @dataclass
@@ -34,13 +39,14 @@ class _Job:
 
 
 class MicroBatcher:
-    """Gathers concurrent ``predict`` calls into batched onnxruntime calls."""
+    """Gathers concurrent ``predict`` calls into batched onnxruntime calls of at most
+    ``max_size`` images."""
 
     def __init__(
         self,
         max_size: int,
         max_wait_ms: float = 0.0,
-        observe: object = None,
+        on_batch: OnBatch | None = None,
         *,
         inline_images: int = INLINE_IMAGES,
     ) -> None:
@@ -48,8 +54,9 @@ class MicroBatcher:
         self.max_wait = max_wait_ms / 1000.0
         self.inline_images = inline_images
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._held: _Job | None = None  # taken from the queue, did not fit: starts the next
         self._worker: asyncio.Task[None] | None = None
-        self._observe = observe
+        self._on_batch = on_batch
 
     def start(self) -> None:
         """Start the worker task on the running loop."""
@@ -64,27 +71,49 @@ class MicroBatcher:
                 await self._worker
 
     async def predict(self, predictor: Predictor, pixels: np.ndarray) -> np.ndarray:
-        """Probabilities for ``pixels`` from ``predictor``, batched with other requests."""
+        """Probabilities for ``pixels`` from ``predictor``, batched with other requests.
+
+        A request of more than ``max_size`` images is split into parts of ``max_size``
+        (rather than run alone): ``max_size`` bounds every onnxruntime call, so one big
+        request cannot hold the others up for longer than a full batch takes.
+        """
+        if len(pixels) > self.max_size:
+            parts = [
+                self.predict(predictor, pixels[start : start + self.max_size])
+                for start in range(0, len(pixels), self.max_size)
+            ]
+            return np.concatenate(await asyncio.gather(*parts))
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(predictor, pixels, future))
         return await future
 
+    async def _next(self, timeout: float) -> _Job | None:
+        """A queued job, else one arriving within ``timeout`` seconds, else None."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if timeout <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
     async def _gather(self) -> list[_Job]:
-        jobs = [await self._queue.get()]
-        size = len(jobs[0].pixels)
+        # Like BentoML's CorkDispatcher._get_inputs: a job joins the batch only if it
+        # fits; the first one that does not is held back to start the next batch.
+        first = self._held or await self._queue.get()
+        self._held = None
+        jobs, size = [first], len(first.pixels)
         deadline = time.perf_counter() + self.max_wait
         while size < self.max_size:
-            if self._queue.empty():
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                try:
-                    jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
-            else:
-                jobs.append(self._queue.get_nowait())
-            size += len(jobs[-1].pixels)
+            job = await self._next(deadline - time.perf_counter())
+            if job is None:
+                break
+            if size + len(job.pixels) > self.max_size:
+                self._held = job
+                break
+            jobs.append(job)
+            size += len(job.pixels)
         return jobs
 
     async def _run(self) -> None:
@@ -102,25 +131,29 @@ class MicroBatcher:
         for job in jobs:
             groups.setdefault(id(job.predictor), []).append(job)
         for group in groups.values():
-            batch = np.concatenate([job.pixels for job in group])
-            try:
-                if len(batch) <= self.inline_images:
-                    probs = group[0].predictor.predict(batch)
-                else:
-                    probs = await asyncio.to_thread(group[0].predictor.predict, batch)
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                for job in group:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            offset = 0
+            await self._run_group(group)
+            if self._on_batch is not None:
+                self._on_batch(
+                    sum(len(job.pixels) for job in group),
+                    [started - job.queued_at for job in group],
+                )
+
+    async def _run_group(self, group: list[_Job]) -> None:
+        """One onnxruntime call for jobs of one predictor; each job gets its rows."""
+        batch = np.concatenate([job.pixels for job in group])
+        try:
+            if len(batch) <= self.inline_images:
+                probs = group[0].predictor.predict(batch)
+            else:
+                probs = await asyncio.to_thread(group[0].predictor.predict, batch)
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting request
             for job in group:
-                count = len(job.pixels)
                 if not job.future.done():
-                    job.future.set_result(probs[offset : offset + count])
-                offset += count
-        if callable(self._observe):
-            self._observe(
-                sum(len(job.pixels) for job in jobs),
-                [started - job.queued_at for job in jobs],
-            )
+                    job.future.set_exception(exc)
+            return
+        offset = 0
+        for job in group:
+            count = len(job.pixels)
+            if not job.future.done():
+                job.future.set_result(probs[offset : offset + count])
+            offset += count

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
@@ -14,20 +13,13 @@ from mnistops.predictor import Predictor
 
 log = logging.getLogger("mnistops.serve")
 
-
-@dataclass(frozen=True)
-class Served:
-    """One loaded version: what requests capture at their start."""
-
-    bundle: ModelBundle
-    predictor: Predictor
-
-    @property
-    def version(self) -> str:
-        return self.bundle.version
+Loader = Callable[[ModelBundle, Settings], Predictor]
+"""Turns a bundle into a loaded, warmed-up predictor (tests hand in a fake one)."""
+OnSwap = Callable[[Predictor], None]
+"""Told of every predictor swapped in."""
 
 
-def load_served(bundle: ModelBundle, settings: Settings) -> Served:
+def load_predictor(bundle: ModelBundle, settings: Settings) -> Predictor:
     """Create the inference session for a bundle and warm it up.
 
     Raises:
@@ -38,26 +30,30 @@ def load_served(bundle: ModelBundle, settings: Settings) -> Served:
         bundle.reference()
     predictor = Predictor(bundle, intra_op_threads=settings.intra_op_threads)
     predictor.load()
-    return Served(bundle, predictor)
+    return predictor
 
 
-class ModelManager:
-    """Holds the current version; swaps in a new one without disturbing requests in flight."""
+class ModelSlot:
+    """Holds the predictor new requests use; swaps another version in without disturbing
+    requests in flight (they keep the predictor they started with)."""
 
     def __init__(
         self,
         settings: Settings,
-        served: Served,
-        on_swap: Callable[[Served], None] | None = None,
+        predictor: Predictor,
+        *,
+        loader: Loader = load_predictor,
+        on_swap: OnSwap | None = None,
     ) -> None:
         self.settings = settings
-        self._current = served
+        self._current = predictor
+        self._loader = loader
         self._on_swap = on_swap
         self._lock = threading.Lock()
         self._poller: asyncio.Task[None] | None = None
 
     @property
-    def current(self) -> Served:
+    def current(self) -> Predictor:
         """The version new requests use (a plain attribute read: the swap is atomic)."""
         return self._current
 
@@ -74,12 +70,12 @@ class ModelManager:
             old = self._current
             if bundle.version == old.version and bundle.path == old.bundle.path:
                 return False, f"already serving version {old.version}"
-            served = load_served(bundle, self.settings)
-            self._current = served
+            predictor = self._loader(bundle, self.settings)
+            self._current = predictor
             if self._on_swap is not None:
-                self._on_swap(served)
-            log.info("swapped model version %s -> %s", old.version, served.version)
-            return True, f"now serving version {served.version} (was {old.version})"
+                self._on_swap(predictor)
+            log.info("swapped model version %s -> %s", old.version, predictor.version)
+            return True, f"now serving version {predictor.version} (was {old.version})"
 
     def start_polling(self) -> None:
         """Poll the registry for a moved alias every ``reload_interval_s`` seconds."""
@@ -88,6 +84,7 @@ class ModelManager:
             self._poller = asyncio.get_running_loop().create_task(self._poll(interval))
 
     async def stop_polling(self) -> None:
+        """Stop polling the registry."""
         if self._poller is not None:
             self._poller.cancel()
 
@@ -102,6 +99,8 @@ class ModelManager:
                 )
                 if latest is not None and latest != self._current.version:
                     await asyncio.to_thread(self.reload)
+            # the registry's client raises anything from network to SQL errors; a failed
+            # poll must never stop serving, and the next one tries again
             except Exception:
                 log.exception(
                     "registry poll failed; still serving version %s", self.current.version

@@ -2,43 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from mnistops.serve import schemas
-from mnistops.serve.app import (
-    ACCEPTED_BODIES,
+from mnistops.serve.http import (
     ERROR_RESPONSES,
+    JSON,
     REQUEST_ID_HEADER,
-    Runtime,
-    RuntimeDep,
     check_admin,
     json_response,
     new_request_id,
     page,
-    parse_predict_body,
 )
+from mnistops.serve.inputs import ACCEPTED_BODIES, MULTIPART, UPLOAD_FIELD, predict_pixels
+from mnistops.serve.runtime import Runtime, RuntimeDep
 
 router = APIRouter()
 
+MONITORING_OFF = "# monitoring is off (MNISTOPS_MONITORING=false)\n"
+_BINARY = {"type": "string", "format": "binary"}
 _PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": f"One of: {ACCEPTED_BODIES}.",
         "content": {
-            "application/json": {"schema": schemas.PredictRequest.model_json_schema()},
-            "multipart/form-data": {
+            JSON: {"schema": schemas.PredictRequest.model_json_schema()},
+            MULTIPART: {
                 "schema": {
                     "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                    "required": ["file"],
+                    "properties": {UPLOAD_FIELD: _BINARY},
+                    "required": [UPLOAD_FIELD],
                 }
             },
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": _BINARY},
+            "image/jpeg": {"schema": _BINARY},
         },
     }
 }
@@ -64,12 +67,10 @@ async def predict(request: Request) -> Response:
     # the runtime straight from app.state: a FastAPI dependency costs ~7 % of this route
     runtime: Runtime = request.app.state.runtime
     request_id = new_request_id()
-    pixels = await parse_predict_body(request, runtime.settings)
-    served, probs = await runtime.predict(pixels, request_id)
+    pixels = await predict_pixels(request, runtime.settings)
+    predictor, probs = await runtime.predict(pixels, request_id)
     answer = _prediction(probs[0])
-    answer.update(
-        model_name=served.bundle.name, model_version=served.version, request_id=request_id
-    )
+    answer.update(model_name=predictor.name, model_version=predictor.version, request_id=request_id)
     if len(probs) > 1:
         answer["predictions"] = [_prediction(p) for p in probs]
     return json_response(answer, request_id=request_id)
@@ -82,24 +83,16 @@ async def predict(request: Request) -> Response:
     summary="Resolve the model URI again and hot-swap a new version in",
 )
 async def reload(runtime: RuntimeDep) -> Response:
-    import asyncio
-
-    changed, message = await asyncio.to_thread(runtime.manager.reload)
+    changed, message = await asyncio.to_thread(runtime.slot.reload)
     return json_response(
-        {"changed": changed, "message": message, "model_version": runtime.manager.current.version}
+        {"changed": changed, "message": message, "model_version": runtime.slot.current.version}
     )
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(runtime: RuntimeDep) -> Response:
     if runtime.monitor is None:
-        return Response(
-            "# monitoring is off (MNISTOPS_MONITORING=false)\n", media_type="text/plain"
-        )
-    import asyncio
-
-    from prometheus_client import CONTENT_TYPE_LATEST
-
+        return Response(MONITORING_OFF, media_type="text/plain")
     body = await asyncio.to_thread(runtime.monitor.render_metrics)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
@@ -114,4 +107,4 @@ async def index() -> HTMLResponse:
 async def noop(request: Request) -> Response:
     """Reads the body and answers: the ceiling a route of this server can reach (benchmark)."""
     await request.body()
-    return Response(b"{}", media_type="application/json", headers={REQUEST_ID_HEADER: "noop"})
+    return Response(b"{}", media_type=JSON, headers={REQUEST_ID_HEADER: "noop"})

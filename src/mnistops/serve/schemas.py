@@ -1,4 +1,5 @@
-"""Request and response schemas at the HTTP edge (they also document the API in /docs)."""
+"""Request and response schemas at the HTTP edge: they document the API in /docs; the
+checks of request bodies are in :mod:`mnistops.serve.inputs`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 Pixels = list[float] | list[list[float]]
+Scale = Literal["unit", "byte"]
+"""The scales /predict accepts (``mnistops.serve.inputs`` checks against this list)."""
+Datatype = Literal["UINT8", "FP32"]
+"""The tensor datatypes v2 accepts (a unit test holds ``inputs.DATATYPE_TOP`` to it)."""
 
 
 class PredictRequest(BaseModel):
@@ -18,7 +23,7 @@ class PredictRequest(BaseModel):
         "(any value above 1 means the 0-255 scale).",
     )
     images: list[Pixels] | None = Field(default=None, description="A batch of images.")
-    scale: Literal["unit", "byte"] | None = Field(
+    scale: Scale | None = Field(
         default=None, description="Say the scale explicitly: unit = [0, 1], byte = 0-255."
     )
 
@@ -46,7 +51,7 @@ class ErrorResponse(BaseModel):
 class InferInput(BaseModel):
     name: str
     shape: list[int]
-    datatype: Literal["UINT8", "FP32"]
+    datatype: Datatype
     data: list[float] | list[list[float]] | list[list[list[float]]]
 
 

@@ -1,4 +1,5 @@
-"""Run the service under uvicorn: ready only after warm-up; SIGTERM drains and exits 0."""
+"""Run the service as a process (the entry point that calls ``create_app``) under uvicorn:
+ready only after warm-up; SIGTERM drains and exits 0."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import socket
 import time
 from typing import Any
 
+from fastapi import FastAPI
+
 from mnistops.config import Settings
 from mnistops.errors import MnistopsError
+from mnistops.predictor import Predictor
+from mnistops.serve.app import create_app  # this module runs the process: the one caller
 
 log = logging.getLogger("mnistops.serve")
 
@@ -35,7 +40,11 @@ def check_address(host: str, port: int) -> None:
             ) from exc
 
 
-def serve(settings: Settings, *, bundle: Any = None) -> None:
+BACKLOG = 2048
+"""Connections the kernel queues before accept: a burst of clients is queued, not refused."""
+
+
+def serve(settings: Settings) -> None:
     """Load the model, then serve until SIGTERM/SIGINT (blocking).
 
     On SIGTERM readiness turns false at once, the listening socket closes, requests in
@@ -44,13 +53,19 @@ def serve(settings: Settings, *, bundle: Any = None) -> None:
     Raises:
         ServeError: the address cannot be listened on.
     """
-    import uvicorn
-
-    from mnistops.serve.app import create_app
-
     check_address(settings.host, settings.port)
     started = time.perf_counter()
-    app = create_app(settings, bundle)
+    app = create_app(settings)
+    server = _draining_server(app, settings)
+    loaded_in = time.perf_counter() - started
+    print(_banner(app.state.runtime.slot.current, settings, loaded_in), flush=True)
+    server.run()
+
+
+def _draining_server(app: FastAPI, settings: Settings) -> Any:
+    """A uvicorn server whose SIGTERM turns readiness off first and ends in exit 0."""
+    import uvicorn
+
     runtime = app.state.runtime
 
     class DrainingServer(uvicorn.Server):
@@ -72,26 +87,26 @@ def serve(settings: Settings, *, bundle: Any = None) -> None:
         log_level="warning",
         timeout_graceful_shutdown=max(1, int(settings.grace_period_s)),
         limit_concurrency=None,
-        backlog=2048,
+        backlog=BACKLOG,
     )
-    server = DrainingServer(config)
-    served = runtime.manager.current
-    print(
-        f"mnistops serving {served.bundle.name} version {served.version} "
-        f"(loaded in {time.perf_counter() - started:.2f} s)\n"
-        f"  page     http://{settings.host}:{settings.port}/\n"
-        f"  API docs http://{settings.host}:{settings.port}/docs\n"
-        f"  metrics  http://{settings.host}:{settings.port}/metrics",
-        flush=True,
-    )
-    server.run()
+    return DrainingServer(config)
 
 
-def app_from_environment() -> Any:
+def _banner(predictor: Predictor, settings: Settings, load_seconds: float) -> str:
+    url = f"http://{settings.host}:{settings.port}"
+    return (
+        f"mnistops serving {predictor.name} version {predictor.version} "
+        f"(loaded in {load_seconds:.2f} s)\n"
+        f"  page     {url}/\n"
+        f"  API docs {url}/docs\n"
+        f"  metrics  {url}/metrics"
+    )
+
+
+def app_from_environment() -> FastAPI:
     """The service configured from the environment (``MNISTOPS_*``), for another ASGI
     server: ``granian --interface asgi --factory mnistops.serve.server:app_from_environment``.
     ``mnistops serve`` (uvicorn) is the supported way; ``make bench`` compares the two."""
     from mnistops.config import load_settings
-    from mnistops.serve.app import create_app
 
     return create_app(load_settings())

@@ -1,4 +1,5 @@
-"""CLI commands of the monitoring stage (registered on the root app by mnistops.cli)."""
+"""CLI commands of the offline tools: monitor simulate|report, retrain (registered on the
+root app by mnistops.cli)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ import typer
 
 from mnistops.config import shown_default
 from mnistops.model import DEFAULT_EPOCHS, Architecture
-from mnistops.monitor.simulate import Scenario
+from mnistops.ops.simulate import Scenario
 
 monitor_app = typer.Typer(help="Drive and inspect production monitoring.", no_args_is_help=True)
 RECIPE_EPOCHS = ", ".join(f"{name} {epochs}" for name, epochs in DEFAULT_EPOCHS.items())
 
 
 def register(app: typer.Typer) -> None:
-    """Add the monitoring commands (monitor simulate/report, retrain) to the root CLI."""
+    """Add the offline tools' commands (monitor simulate|report, retrain) to the root CLI."""
     app.add_typer(monitor_app, name="monitor")
     app.command("retrain")(retrain)
 
@@ -42,8 +43,8 @@ def simulate(
     from rich.progress import Progress
 
     from mnistops.config import load_settings
-    from mnistops.monitor.simulate import scenario_images
-    from mnistops.monitor.simulate import simulate as send
+    from mnistops.ops.simulate import scenario_images
+    from mnistops.ops.simulate import simulate as send
 
     images, labels = scenario_images(scenario, load_settings(), n, seed)
     with Progress() as bar:
@@ -76,7 +77,7 @@ def report(
 ) -> None:
     """Write a self-contained HTML drift report from the prediction log."""
     from mnistops.config import load_settings
-    from mnistops.monitor.report import build_report
+    from mnistops.ops.report import build_report
     from mnistops.registry import resolve
 
     settings = load_settings(model_uri=model)
@@ -107,7 +108,7 @@ def retrain(
     """Retrain on MNIST plus feedback-labelled logged images when the service reports drift
     (or with --force); the new version goes through the quality gate."""
     from mnistops.config import load_settings
-    from mnistops.monitor.retrain import retrain as run_retrain
+    from mnistops.ops.retrain import retrain as run_retrain
     from mnistops.train import TrainParams
 
     if url is None and not force:

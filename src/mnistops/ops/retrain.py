@@ -4,7 +4,7 @@ candidate registered behind the quality gate."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -14,6 +14,9 @@ from mnistops.config import Settings
 from mnistops.errors import ServiceUnavailableError
 from mnistops.features import IMAGE_SIDE
 from mnistops.monitor.predlog import feedback, make_engine, predictions
+
+if TYPE_CHECKING:  # the training stack is imported only when a candidate is trained
+    from mnistops.train import TrainParams, TrainResult
 
 
 def drift_verdict(url: str) -> dict[str, Any]:
@@ -59,9 +62,9 @@ def retrain(
     *,
     url: str | None,
     force: bool,
-    params: Any,
+    params: TrainParams,
     log: Callable[[str], None] = print,
-) -> Any:
+) -> TrainResult | None:
     """Train a candidate when the service reports drift (or when forced).
 
     Returns the TrainResult, or None when there was no reason to retrain.

@@ -1,0 +1,233 @@
+"""The markdown of the benchmark results (bench/results.md, bench/stress.md), verdicts included."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from bench.load import Load
+from bench.results import (
+    BATCHING_OFF,
+    BatchResult,
+    Results,
+    ServingResult,
+    StressResult,
+    TrainingResult,
+)
+from bench.targets import figures, gain, monitoring_cost, target
+
+K = TypeVar("K")
+
+
+def report(results: Results, date: str | None = None) -> str:
+    """The markdown of ``results``: bench/results.md, or bench/stress.md for the soak alone."""
+    found = figures(results)
+    lines = _header(results.stress_only, date or time.strftime("%Y-%m-%d"))
+    if results.training:
+        lines += _training(results.training, found)
+    if results.serving:
+        lines += _serving(results.serving, found)
+    if results.servers:
+        lines += _asgi_servers(results.servers)
+    if results.batch:
+        lines += _batch(results.batch, found)
+    if results.stress:
+        lines += _stress(results.stress)
+    return "\n".join(lines + _reproduce(results.stress_only))
+
+
+def target_line(name: str, value: float, detail: str = "") -> str:
+    """A bullet: what is measured, the figure, and whether it meets its target."""
+    held = target(name)
+    return f"- {held.measures}{detail}: **{held.unit.value(value)}** ({held.verdict(value)})"
+
+
+def load_table(
+    first: str, rows: Mapping[str, Mapping[K, Load]], columns: Mapping[str, K]
+) -> list[str]:
+    """A markdown table: one row per name, req/s and p99 for each column (title: key)."""
+    lines = [
+        f"| {first} | " + " | ".join(f"{t} req/s | {t} p99 ms" for t in columns) + " |",
+        "|---|" + "---:|---:|" * len(columns),
+    ]
+    for name, loads in rows.items():
+        cells = " | ".join(f"{loads[k].rps:,.0f} | {loads[k].p99_ms:.2f}" for k in columns.values())
+        lines.append(f"| {name} | {cells} |")
+    return lines
+
+
+def machine() -> str:
+    """CPU model, cores, Python and OS of this machine."""
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
+
+
+def _header(stress_only: bool, date: str) -> list[str]:
+    return [
+        "# Stress results" if stress_only else "# Benchmark results",
+        "",
+        f"Measured by `make {'stress' if stress_only else 'bench'}` on {date}: {machine()}.",
+        "Every figure below comes from the same run; ratios compare runs made minutes apart "
+        "on the same machine. Load is `wrk -t1` on loopback, sharing the machine's cores "
+        "with the server.",
+        "",
+    ]
+
+
+def _training(training: TrainingResult, found: dict[str, float]) -> list[str]:
+    lab, ours = training.lab, training.ours
+    return [
+        "## Training: the lab's script against `mnistops train --model mlp`",
+        "",
+        f"Same recipe (MLP 512, dropout 0.2, Adam, 5 epochs, batch 128, 10 % validation), "
+        f"medians of {training.reps} interleaved repetitions (seeds 0..). Fit time is "
+        "the sum of the epochs' wall times in both; whole-process time includes imports, "
+        "and for mnistops the MLflow logging, ONNX export with its parity check, plots and "
+        "registration.",
+        "",
+        "| | fit time (s) | test accuracy | whole process (s) |",
+        "|---|---:|---:|---:|",
+        f"| lab script (TensorFlow) | {lab.fit_seconds:.2f} | {lab.test_accuracy:.4f} "
+        f"| {lab.wall_seconds:.1f} |",
+        f"| mnistops (Keras 3 on JAX) | {ours.fit_seconds:.2f} | "
+        f"{ours.test_accuracy:.4f} | {ours.wall_seconds:.1f} |",
+        "",
+        target_line("fit_time_ratio", found["fit_time_ratio"]),
+        target_line("accuracy_lost", found["accuracy_lost"]),
+        "",
+    ]
+
+
+def _serving(serving: ServingResult, found: dict[str, float]) -> list[str]:
+    paced = f" (paced at {serving.paced_target_rps:,.0f} req/s, got {serving.paced.rps:,.0f})"
+    details = {"paced_p99": paced}
+    names = ("vs_lab_flask", "vs_mlflow_serve", "vs_noop_route", "paced_p99", "exec_to_ready")
+    return [
+        "## Online serving: one image, JSON body",
+        "",
+        *_serving_tables(serving),
+        "",
+        "Exec-to-ready is the time from starting the process to its first answered "
+        f"prediction (mnistops: median of {serving.ready_starts} starts from a local model "
+        "folder).",
+        "",
+        *(target_line(name, found[name], details.get(name, "")) for name in names),
+        "",
+        "`mlflow models serve` runs from the lab's environment with TensorFlow as the "
+        "Keras backend: on JAX, MLflow's Keras flavour answers 400 to most concurrent "
+        "requests. The no-op route reads the body and answers `{}`; `/predict` also "
+        "decodes 784 JSON numbers into an array (about 30 µs, a fifth of the no-op "
+        "route's whole cost per request here), runs the model, hands the prediction to "
+        "the monitor and answers ten probabilities.",
+        "",
+        *_variants(serving.variants, found),
+    ]
+
+
+def _serving_tables(serving: ServingResult) -> list[str]:
+    lines = ["| server | c | req/s | p50 ms | p99 ms | failed |", "|---|---:|---:|---:|---:|---:|"]
+    for name, loads in serving.loads.items():
+        lines += [
+            f"| {name} | {c} | {load.rps:,.0f} | {load.p50_ms:.2f} | {load.p99_ms:.2f} "
+            f"| {load.bad} |"
+            for c, load in loads.items()
+        ]
+    lines += ["", "| server | exec-to-ready (s) | resident memory after load (MB) |"]
+    lines.append("|---|---:|---:|")
+    lines += [f"| {n} | {s.ready_s:.2f} | {s.rss_mb:.0f} |" for n, s in serving.startup.items()]
+    return lines
+
+
+def _variants(variants: dict[str, dict[int, Load]], found: dict[str, float]) -> list[str]:
+    levels = next(iter(variants.values()))
+    return [
+        "### Batching and monitoring, on and off",
+        "",
+        "Medians of alternated runs (each a fresh server).",
+        "",
+        *load_table("variant", variants, {f"c={c}": c for c in levels}),
+        "",
+        target_line(
+            "monitoring_cost",
+            found["monitoring_cost"],
+            f" ({_by_concurrency(monitoring_cost(variants))})",
+        ),
+        "  (the monitor process's CPU: with wrk on the same two cores, every cycle it "
+        "uses is taken from the server; at c=1, where the cores are not saturated, it "
+        "costs little)",
+        f"- batching changes throughput by {_by_concurrency(gain(variants, BATCHING_OFF))}",
+        "",
+    ]
+
+
+def _by_concurrency(shares: Mapping[int, float]) -> str:
+    return ", ".join(f"{share:+.1%} at c={c}" for c, share in shares.items())
+
+
+def _asgi_servers(servers: dict[str, dict[str, Load]]) -> list[str]:
+    keys = list(next(iter(servers.values())))
+    return [
+        "### ASGI server",
+        "",
+        "The same FastAPI app under uvicorn (uvloop, httptools; what `mnistops serve` "
+        "runs) and granian (one worker, uvloop), medians of alternated runs.",
+        "",
+        *load_table("server", servers, {k: k for k in keys}),
+        "",
+    ]
+
+
+def _batch(batch: BatchResult, found: dict[str, float]) -> list[str]:
+    return [
+        "## Batch inference: the predictor against numpy float32 GEMM",
+        "",
+        f"{batch.images:,} test images in batches of {batch.batch}, "
+        f"{batch.threads} onnxruntime threads; the model costs "
+        f"{batch.flops_per_image / 1e6:.2f} MFLOP per image. numpy runs only the "
+        "model's matrix products on the same batches (best of repeats for both).",
+        "",
+        f"- predictor: {batch.ours_images_per_s:,.0f} images/s = "
+        f"{batch.ours_gflops:.1f} GFLOP/s; numpy GEMM: {batch.gemm_gflops:.1f} GFLOP/s",
+        target_line("gemm_share", found["gemm_share"]),
+        f"- `mnistops predict x_test.npy --out predictions.csv` whole command: "
+        f"{batch.cli_seconds:.2f} s for {batch.images:,} images",
+        "",
+    ]
+
+
+def _stress(stress: StressResult) -> list[str]:
+    return [
+        "## Stress",
+        "",
+        f"{stress.seconds:g} s at c={stress.connections} of good and bad bodies, a hot reload "
+        f"halfway: {stress.responses_4xx:,.0f} answers 4xx, {stress.responses_5xx:,.0f} 5xx; "
+        f"reload {stress.reload_status}; resident memory {stress.rss_start_mb:.0f} → "
+        f"{stress.rss_end_mb:.0f} MB; alive afterwards: {stress.alive}.",
+        "",
+        "```",
+        stress.wrk_output.strip(),
+        "```",
+        "",
+    ]
+
+
+def _reproduce(stress_only: bool) -> list[str]:
+    if stress_only:
+        return ["Reproduce with `make stress` (5 minutes).", ""]
+    return [
+        "## How to reproduce",
+        "",
+        "`make bench` (about 15 minutes; the first run also builds `bench/.work/labenv` with "
+        "`tensorflow-cpu`). Parts: `python -m bench.run --only training serving servers batch`.",
+        "",
+    ]

@@ -1,0 +1,102 @@
+"""What each benchmark suite measured: the typed results that bench/report.py renders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.load import Load
+
+# The servers of the serving suite, and its variants of mnistops: keys of ServingResult.
+MNISTOPS = "mnistops"
+NOOP_ROUTE = "no-op route"
+LAB_FLASK = "lab Flask app"
+MLFLOW_SERVE = "mlflow models serve"
+DEFAULTS = "defaults"
+BATCHING_OFF = "batching off"
+MONITORING_OFF = "monitoring off"
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    fit_seconds: float
+    """The sum of the epochs' wall times."""
+    test_accuracy: float
+    wall_seconds: float
+    """The whole process: imports, and for mnistops logging, export and registration too."""
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    reps: int
+    lab: TrainRun
+    """Medians of the lab's script."""
+    ours: TrainRun
+    """Medians of ``mnistops train --model mlp``."""
+
+
+@dataclass(frozen=True)
+class Startup:
+    ready_s: float
+    """Exec-to-ready: from starting the process to its first answered prediction."""
+    rss_mb: float
+    """Resident memory of the server and its children after the load."""
+
+
+@dataclass(frozen=True)
+class ServingResult:
+    loads: dict[str, dict[int, Load]]
+    """By server (mnistops, no-op route, lab Flask app, mlflow models serve), by concurrency."""
+    startup: dict[str, Startup]
+    """By server, the no-op route aside (it is mnistops)."""
+    ready_starts: int
+    """How many starts the mnistops exec-to-ready is the median of."""
+    paced_target_rps: float
+    """Half of mnistops' best throughput: the rate asked of the paced run."""
+    paced: Load
+    variants: dict[str, dict[int, Load]]
+    """Batching and monitoring on and off: medians by variant, by concurrency."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    images: int
+    batch: int
+    threads: int
+    flops_per_image: int
+    ours_images_per_s: float
+    ours_gflops: float
+    gemm_gflops: float
+    cli_seconds: float
+    """``mnistops predict`` on all the images, the whole command."""
+
+
+@dataclass(frozen=True)
+class StressResult:
+    seconds: float
+    connections: int
+    wrk_output: str
+    rss_start_mb: float
+    rss_end_mb: float
+    reload_status: int
+    responses_4xx: float
+    responses_5xx: float
+    alive: bool
+    """Whether the service still answered a prediction afterwards."""
+
+
+@dataclass
+class Results:
+    """What one run measured; a suite that did not run is left empty."""
+
+    training: TrainingResult | None = None
+    serving: ServingResult | None = None
+    servers: dict[str, dict[str, Load]] = field(default_factory=dict)
+    """The ASGI servers: medians by server, by load (``predict c=1``, ...)."""
+    batch: BatchResult | None = None
+    stress: StressResult | None = None
+
+    @property
+    def stress_only(self) -> bool:
+        """Whether this is the soak alone (``--stress``)."""
+        others = (self.training, self.serving, self.servers, self.batch)
+        return self.stress is not None and not any(others)

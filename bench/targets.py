@@ -1,0 +1,134 @@
+"""The targets the benchmarks are held to: one TARGETS table, the figures that meet them or not."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from bench.load import Load
+from bench.results import (
+    DEFAULTS,
+    LAB_FLASK,
+    MLFLOW_SERVE,
+    MNISTOPS,
+    MONITORING_OFF,
+    NOOP_ROUTE,
+    Results,
+    ServingResult,
+)
+
+RIVAL_CONCURRENCY = 8
+"""The concurrency at which mnistops is compared with the lab's app and MLflow's server."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """How a figure and a threshold in this unit are written."""
+
+    value: Callable[[float], str]
+    threshold: Callable[[float], str]
+
+
+RATIO = Unit(lambda v: f"{v:.2f}", lambda t: f"{t:.2f}")
+TIMES = Unit(lambda v: f"{v:,.0f}×", lambda t: f"{t:g}×")
+PERCENT = Unit(lambda v: f"{v:.0%}", lambda t: f"{t * 100:g} %")  # figures are fractions
+POINTS = Unit(lambda v: f"{v:.2f} points", lambda t: f"{t:g} points")
+MS = Unit(lambda v: f"{v:.2f} ms", lambda t: f"{t:g} ms")
+SECONDS = Unit(lambda v: f"{v:.2f} s", lambda t: f"{t:g} s")
+
+_COMPARE = {"≤": operator.le, "≥": operator.ge}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    comparison: Literal["≤", "≥"]
+    """``≤`` (at most) or ``≥`` (at least)."""
+    threshold: float
+    unit: Unit
+    measures: str
+    """What the figure is, in the report's words."""
+
+    def met(self, value: float) -> bool:
+        return bool(_COMPARE[self.comparison](value, self.threshold))
+
+    def verdict(self, value: float) -> str:
+        """``target ≤ 5 ms: met``."""
+        passed = "met" if self.met(value) else "**not met**"
+        return f"target {self.comparison} {self.unit.threshold(self.threshold)}: {passed}"
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("fit_time_ratio", "≤", 0.70, RATIO, "fit time ratio mnistops / lab"),
+    Target("accuracy_lost", "≤", 0.3, POINTS, "test accuracy lost against the lab"),
+    Target("vs_lab_flask", "≥", 100, TIMES, f"vs the lab's Flask app at c={RIVAL_CONCURRENCY}"),
+    Target(
+        "vs_mlflow_serve", "≥", 100, TIMES, f"vs `mlflow models serve` at c={RIVAL_CONCURRENCY}"
+    ),
+    Target("vs_noop_route", "≥", 0.70, PERCENT, "vs the no-op route (best of each)"),
+    Target("paced_p99", "≤", 5, MS, "p99 at half the maximum throughput"),
+    Target("exec_to_ready", "≤", 1, SECONDS, "exec-to-ready from a local model folder"),
+    Target(
+        "monitoring_cost",
+        "≤",
+        0.05,
+        PERCENT,
+        "throughput lost to monitoring (metrics, drift, prediction log), at worst",
+    ),
+    Target("gemm_share", "≥", 0.60, PERCENT, "share of numpy's GEMM throughput"),
+)
+_BY_NAME = {target.name: target for target in TARGETS}
+
+
+def target(name: str) -> Target:
+    """The entry of :data:`TARGETS` called ``name``."""
+    return _BY_NAME[name]
+
+
+def figures(results: Results) -> dict[str, float]:
+    """The measured value of every target that ``results`` measure, by target name."""
+    found: dict[str, float] = {}
+    if results.training:
+        lab, ours = results.training.lab, results.training.ours
+        found["fit_time_ratio"] = ours.fit_seconds / lab.fit_seconds
+        found["accuracy_lost"] = (lab.test_accuracy - ours.test_accuracy) * 100
+    if results.serving:
+        found |= _serving_figures(results.serving)
+    if results.batch:
+        found["gemm_share"] = results.batch.ours_gflops / results.batch.gemm_gflops
+    return found
+
+
+def verdicts(results: Results) -> dict[str, bool]:
+    """Whether each target that ``results`` measure is met, by target name."""
+    return {name: target(name).met(value) for name, value in figures(results).items()}
+
+
+def _serving_figures(serving: ServingResult) -> dict[str, float]:
+    def best(name: str) -> float:
+        return max(load.rps for load in serving.loads[name].values())
+
+    def rival(name: str) -> float:
+        return serving.loads[name][RIVAL_CONCURRENCY].rps
+
+    return {
+        "vs_lab_flask": rival(MNISTOPS) / rival(LAB_FLASK),
+        "vs_mlflow_serve": rival(MNISTOPS) / rival(MLFLOW_SERVE),
+        "vs_noop_route": best(MNISTOPS) / best(NOOP_ROUTE),
+        "paced_p99": serving.paced.p99_ms,
+        "exec_to_ready": serving.startup[MNISTOPS].ready_s,
+        "monitoring_cost": max(monitoring_cost(serving.variants).values()),
+    }
+
+
+def gain(variants: Mapping[str, Mapping[int, Load]], base: str) -> dict[int, float]:
+    """The defaults' throughput gain over variant ``base``, by concurrency (-0.1: 10 % less)."""
+    on, off = variants[DEFAULTS], variants[base]
+    return {c: on[c].rps / off[c].rps - 1 for c in on}
+
+
+def monitoring_cost(variants: Mapping[str, Mapping[int, Load]]) -> dict[int, float]:
+    """The throughput that monitoring costs, by concurrency (0.1: 10 % less with it on)."""
+    return {c: -change for c, change in gain(variants, MONITORING_OFF).items()}

@@ -1,0 +1,94 @@
+"""What crosses the pipe between the serving process and the monitor process: one frozen
+dataclass per kind of message, told apart by type, never by a tag.
+
+Server to monitor process: ``Predictions``, ``StatusRequest``, ``SwitchModel``, ``Stop``.
+Monitor process to server: ``StatusReply``, ``Stopped``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+# eq=False: the fields hold numpy arrays, whose == is elementwise, not a bool
+@dataclass(frozen=True, eq=False)
+class Predictions:
+    """Predictions to monitor, one row per image: ``pixels`` ``[n, 784]`` in 0..1,
+    ``probabilities`` ``[n, 10]``, and per image its request id, latency and version."""
+
+    request_ids: Sequence[str]
+    pixels: np.ndarray
+    probabilities: np.ndarray
+    latencies_s: Sequence[float]
+    model_versions: Sequence[str]
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    @classmethod
+    def of_call(
+        cls,
+        request_ids: Sequence[str],
+        pixels: np.ndarray,
+        probabilities: np.ndarray,
+        latency_s: float,
+        model_version: str,
+    ) -> Predictions:
+        """The predictions of one model call: every image shares its latency and version."""
+        n = len(request_ids)
+        return cls(request_ids, pixels, probabilities, [latency_s] * n, [model_version] * n)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Predictions]) -> Predictions:
+        """One message for several batches, in order (``parts`` must not be empty)."""
+        return cls(
+            [rid for p in parts for rid in p.request_ids],
+            np.concatenate([p.pixels for p in parts]),
+            np.concatenate([p.probabilities for p in parts]),
+            [s for p in parts for s in p.latencies_s],
+            [v for p in parts for v in p.model_versions],
+        )
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    """Asks for the metrics text and drift status once everything sent before is done."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class SwitchModel:
+    """A new version is served: take the reference profile of the model folder."""
+
+    bundle_dir: Path
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Flush the prediction log and end the monitor process."""
+
+
+@dataclass(frozen=True)
+class StatusReply:
+    """The answer to the ``StatusRequest`` with the same ``seq``."""
+
+    seq: int
+    metrics_text: bytes
+    drift: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The monitor process has flushed its log and is ending."""
+
+
+ToMonitor = Predictions | StatusRequest | SwitchModel | Stop
+"""Every message the serving process sends."""
+FromMonitor = StatusReply | Stopped
+"""Every message the monitor process sends."""

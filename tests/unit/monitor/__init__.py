@@ -1,0 +1,1 @@
+"""Unit tests of monitoring: in process, no training, no subprocess, no network."""

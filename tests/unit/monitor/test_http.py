@@ -1,0 +1,122 @@
+"""The monitoring routes in process (httpx's ASGITransport), around a small monitor with
+real feedback on SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+
+from mnistops.monitor.feedback import Feedback
+from mnistops.monitor.http import monitor_router
+from mnistops.monitor.predlog import FeedbackStore, make_engine, meta, now, predictions
+
+pytestmark = pytest.mark.unit
+DRIFT = {"checked": True, "drift": False, "threshold": 5e-5, "tests": {}}
+
+
+class SmallMonitor:
+    """What the routes ask of a monitor: a fixed drift verdict, real feedback."""
+
+    def __init__(self, feedback: Feedback) -> None:
+        self.feedback = feedback
+
+    def drift_status(self) -> dict[str, Any]:
+        return DRIFT
+
+    def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
+        return self.feedback.record(request_id, label)
+
+
+@pytest.fixture
+def log_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'predictions.db'}"
+
+
+@pytest.fixture
+def feedback(log_url: str) -> Iterator[Feedback]:
+    store = FeedbackStore(log_url)
+    yield Feedback(store)
+    store.close()
+
+
+def _call(feedback: Feedback, method: str, path: str, body: object = None) -> httpx.Response:
+    app = FastAPI()
+    app.include_router(monitor_router(SmallMonitor(feedback)))
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://monitor") as client:
+            return await client.request(method, path, json=body)
+
+    return asyncio.run(go())
+
+
+def _one_hot(digit: int) -> np.ndarray:
+    return np.eye(10, dtype=np.float32)[[digit]]
+
+
+def test_drift_answers_the_monitors_status_as_json(feedback: Feedback) -> None:
+    response = _call(feedback, "GET", "/monitoring/drift")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == DRIFT
+
+
+def test_feedback_on_a_recent_prediction_updates_live_accuracy(feedback: Feedback) -> None:
+    feedback.remember(["right"], _one_hot(3))
+    feedback.remember(["wrong"], _one_hot(4))
+    first = _call(feedback, "POST", "/feedback", {"request_id": "right", "label": 3}).json()
+    assert first["correct"] is True and first["live_accuracy"] == 1.0
+    second = _call(feedback, "POST", "/feedback", {"request_id": "wrong", "label": 9}).json()
+    assert second == {
+        "request_id": "wrong",
+        "predicted": 4,
+        "label": 9,
+        "correct": False,
+        "live_accuracy": 0.5,
+        "feedback_count": 2,
+    }
+
+
+def test_feedback_on_an_older_prediction_is_looked_up_in_the_log(
+    feedback: Feedback, log_url: str
+) -> None:
+    engine = make_engine(log_url)
+    meta.create_all(engine)
+    row = {"ts": now(), "request_id": "old", "model_version": "1", "label": 7}
+    row |= {"confidence": 0.9, "latency_ms": 1.0, "probabilities": [], "features": {}}
+    with engine.begin() as db:
+        db.execute(predictions.insert(), [row])
+    engine.dispose()
+    answer = _call(feedback, "POST", "/feedback", {"request_id": "old", "label": 7}).json()
+    assert answer["predicted"] == 7 and answer["correct"] is True
+
+
+def test_feedback_on_an_unknown_request_is_404_naming_it(feedback: Feedback) -> None:
+    response = _call(feedback, "POST", "/feedback", {"request_id": "nope", "label": 1})
+    assert response.status_code == 404
+    assert response.json() == {"detail": "no prediction with request_id 'nope'"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"request_id": "r", "label": 10}, {"request_id": "", "label": 1}, {"label": 1}],
+    ids=["label-above-9", "empty-id", "no-id"],
+)
+def test_feedback_outside_the_schema_is_422(feedback: Feedback, body: object) -> None:
+    assert _call(feedback, "POST", "/feedback", body).status_code == 422
+
+
+def test_feedback_while_the_log_store_is_down_is_503(tmp_path: Path) -> None:
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'missing-folder' / 'predictions.db'}")
+    response = _call(Feedback(store), "POST", "/feedback", {"request_id": "r", "label": 1})
+    store.close()
+    assert response.status_code == 503
+    assert "send the feedback again later" in response.json()["detail"]

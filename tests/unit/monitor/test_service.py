@@ -1,0 +1,88 @@
+"""The serving process's Monitor without its monitor process: recording, feedback on
+what it recorded, shipping order, and what it answers when the process is absent."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from mnistops.bundle import ModelBundle
+from mnistops.config import Settings
+from mnistops.monitor import service
+from mnistops.monitor.messages import Predictions, SwitchModel
+from mnistops.monitor.service import Monitor
+from tests.unit.monitor.traffic import traffic
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def monitor(tmp_path: Path) -> Iterator[Monitor]:
+    bundle = ModelBundle(path=tmp_path / "v1", name="tiny-service", version="1")
+    monitor = Monitor(Settings(home=tmp_path), bundle)  # never started: no child process
+    yield monitor
+    monitor.feedback.store.close()
+
+
+def _record(monitor: Monitor, batch: Predictions) -> None:
+    monitor.record(
+        request_ids=batch.request_ids,
+        pixels=batch.pixels,
+        probabilities=batch.probabilities,
+        latency_s=batch.latencies_s[0],
+        model_version=batch.model_versions[0],
+    )
+
+
+def _dropped() -> float:
+    return REGISTRY.get_sample_value("mnistops_monitor_dropped_total") or 0.0
+
+
+def test_feedback_finds_the_label_recorded_for_a_request(monitor: Monitor) -> None:
+    batch = traffic(1, 3)
+    _record(monitor, batch)
+    predicted = int(batch.probabilities[1].argmax())
+    answer = monitor.record_feedback(batch.request_ids[1], predicted)
+    assert answer["predicted"] == predicted and answer["correct"] is True
+
+
+def test_set_model_ships_what_was_recorded_before_the_switch(
+    monitor: Monitor, tmp_path: Path
+) -> None:
+    server, child = multiprocessing.get_context("spawn").Pipe()
+    monitor._conn = server  # stands in for the monitor process's end of the pipe
+    first, second = traffic(1, 2), traffic(2, 3)
+    _record(monitor, first)
+    _record(monitor, second)
+    monitor.set_model(ModelBundle(path=tmp_path / "v2", name="tiny-service", version="2"))
+    shipped, switch = child.recv(), child.recv()
+    server.close()
+    child.close()
+    assert isinstance(shipped, Predictions)
+    assert list(shipped.request_ids) == [*first.request_ids, *second.request_ids]
+    np.testing.assert_array_equal(shipped.pixels[2:], second.pixels)
+    assert switch == SwitchModel(tmp_path / "v2")
+
+
+def test_records_beyond_the_pending_limit_are_counted_not_kept(
+    monitor: Monitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "PENDING_LIMIT", 1)
+    before = _dropped()
+    _record(monitor, traffic(1, 2))
+    _record(monitor, traffic(2, 3))
+    assert _dropped() - before == 3
+    with pytest.raises(KeyError):
+        monitor.record_feedback(traffic(2, 3).request_ids[0], 1)
+
+
+def test_without_a_monitor_process_the_drift_status_says_nothing_was_checked(
+    monitor: Monitor,
+) -> None:
+    status = monitor.drift_status()
+    assert status == {"checked": False, "drift": False, "tests": {}}

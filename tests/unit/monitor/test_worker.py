@@ -1,0 +1,146 @@
+"""The monitor process's core, fed batches directly: metrics, the drift verdict, the
+prediction log, a new model version, and the message loop over a real pipe."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from mnistops.bundle import ONNX_FILE, REFERENCE_FILE, write_metadata
+from mnistops.config import Settings
+from mnistops.features import FEATURE_NAMES
+from mnistops.monitor.messages import (
+    Predictions,
+    StatusReply,
+    StatusRequest,
+    Stop,
+    SwitchModel,
+)
+from mnistops.monitor.predlog import predictions
+from mnistops.monitor.worker import MonitorCore, answer_until_stopped
+from tests.unit.monitor.traffic import profile, traffic
+
+pytestmark = pytest.mark.unit
+WINDOW, EVERY = 200, 100
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        home=tmp_path, drift_window=WINDOW, drift_check_every=EVERY, drift_min_interval_s=0
+    )
+
+
+def _status(core: MonitorCore) -> StatusReply:
+    reply = core.handle(StatusRequest(seq=1))
+    assert isinstance(reply, StatusReply) and reply.seq == 1
+    return reply
+
+
+def _predicted(text: str, model: str) -> float:
+    pattern = rf'^mnistops_predictions_total\{{digit="\d",model="{model}",version="1"\}} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
+
+
+def test_traffic_like_the_reference_is_checked_and_is_not_drift(settings: Settings) -> None:
+    core = MonitorCore(settings, "tiny-clean", "1", profile())
+    for seed in (1, 2):
+        assert core.handle(traffic(seed, EVERY)) is None
+    reply = _status(core)
+    assert reply.drift["checked"] is True and reply.drift["drift"] is False, reply.drift
+    assert reply.drift["observed"] == WINDOW and reply.drift["model_name"] == "tiny-clean"
+    assert _predicted(reply.metrics_text.decode(), "tiny-clean") == 2 * EVERY
+
+
+def test_inverted_images_are_drift_and_exported_as_such(settings: Settings) -> None:
+    core = MonitorCore(settings, "tiny-inverted", "1", profile())
+    for seed in (1, 2):
+        core.handle(traffic(seed, EVERY, inverted=True))
+    reply = _status(core)
+    assert reply.drift["drift"] is True
+    assert reply.drift["tests"]["ks_pixel_mean"]["pvalue"] < reply.drift["threshold"]
+    text = reply.metrics_text.decode()
+    assert 'mnistops_drift_detected{model="tiny-inverted",version="1"} 1.0' in text
+
+
+def test_no_check_before_the_window_holds_enough_predictions(settings: Settings) -> None:
+    core = MonitorCore(settings, "tiny-young", "1", profile())
+    core.handle(traffic(1, 50))
+    drift = _status(core).drift
+    assert drift["checked"] is False and drift["drift"] is False and drift["observed"] == 50
+
+
+def test_each_prediction_becomes_one_row_of_the_log(settings: Settings) -> None:
+    core = MonitorCore(settings, "tiny-log", "1", profile())
+    core.log.start()
+    batch = traffic(3, 5, prefix="log")
+    core.handle(batch)
+    core.log.stop()
+    engine = sa.create_engine(settings.prediction_log)
+    with engine.connect() as db:
+        rows = db.execute(sa.select(predictions).order_by(predictions.c.id)).all()
+    engine.dispose()
+    assert [r.request_id for r in rows] == list(batch.request_ids)
+    assert [r.label for r in rows] == batch.probabilities.argmax(axis=1).tolist()
+    assert rows[0].latency_ms == pytest.approx(2.0)
+    assert rows[0].model_version == "1" and len(rows[0].image) == 784
+    assert set(rows[0].features) == set(FEATURE_NAMES)
+
+
+def test_a_bad_batch_is_logged_and_monitoring_goes_on(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    core = MonitorCore(settings, "tiny-bad", "1", profile())
+    wrong_width = Predictions.of_call(["x", "y"], np.zeros((2, 100)), np.eye(10)[:2], 0.0, "1")
+    with caplog.at_level(logging.ERROR, logger="mnistops.monitor"):
+        assert core.handle(wrong_width) is None
+    assert "monitor failed to process 2 predictions" in caplog.text
+    core.handle(traffic(1, 10))
+    assert _status(core).drift["observed"] == 10
+
+
+def test_a_new_model_version_gets_its_reference_and_a_fresh_window(
+    settings: Settings, tmp_path: Path
+) -> None:
+    folder = tmp_path / "v2"
+    folder.mkdir()
+    profile(seed=5).save(folder / REFERENCE_FILE)
+    (folder / ONNX_FILE).write_bytes(b"")  # never opened by the monitor
+    write_metadata(folder, {"name": "tiny-switch", "version": "2"})
+    core = MonitorCore(settings, "tiny-switch", "1", profile())
+    core.handle(traffic(1, 150))
+    assert core.handle(SwitchModel(folder)) is None
+    drift = _status(core).drift
+    assert drift["model_version"] == "2" and drift["observed"] == 0 and not drift["checked"]
+
+
+def test_the_loop_answers_over_a_pipe_until_stop(settings: Settings) -> None:
+    core = MonitorCore(settings, "tiny-pipe", "1", profile())
+    server, monitor = multiprocessing.get_context("spawn").Pipe()
+    loop = threading.Thread(target=answer_until_stopped, args=(monitor, core))
+    loop.start()
+    server.send(traffic(1, 20))
+    server.send(StatusRequest(seq=9))
+    reply = server.recv()
+    server.send(Stop())
+    loop.join(10)
+    assert not loop.is_alive()
+    assert isinstance(reply, StatusReply) and reply.seq == 9
+    assert reply.drift["observed"] == 20
+    server.close()
+    monitor.close()
+
+
+def test_the_loop_ends_when_the_serving_process_is_gone(settings: Settings) -> None:
+    core = MonitorCore(settings, "tiny-gone", "1", profile())
+    server, monitor = multiprocessing.get_context("spawn").Pipe()
+    server.close()
+    answer_until_stopped(monitor, core)  # returns on the end of the pipe, not hangs
+    monitor.close()

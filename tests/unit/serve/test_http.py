@@ -1,0 +1,130 @@
+"""The HTTP edge: the error-handler map, request ids, admin auth, the page, /metrics."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel
+
+from mnistops.bundle import ModelBundle
+from mnistops.errors import MnistopsError
+from mnistops.serve.http import EXCEPTION_HANDLERS, REQUEST_ID_HEADER
+from tests.unit.serve.conftest import started_client, write_bundle
+
+pytestmark = [pytest.mark.unit, pytest.mark.anyio]
+TOKEN = "s3cret"
+
+
+class TeapotError(MnistopsError):
+    http_status = 418
+
+
+class Body(BaseModel):
+    label: int
+
+
+def _edge_app() -> FastAPI:
+    """Routes that raise each kind of exception the map knows."""
+    app = FastAPI(exception_handlers=EXCEPTION_HANDLERS)
+
+    @app.get("/ours")
+    async def ours() -> None:
+        raise TeapotError("short and stout: send coffee instead")
+
+    @app.get("/auth")
+    async def auth() -> None:
+        raise HTTPException(401, "send a token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.post("/body")
+    async def body(value: Body) -> None:
+        """Takes a pydantic body."""
+
+    return app
+
+
+async def test_every_refusal_is_json_with_its_status() -> None:
+    transport = httpx.ASGITransport(app=_edge_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        ours = await client.get("/ours")
+        assert ours.status_code == 418
+        assert ours.json() == {"error": "short and stout: send coffee instead"}
+        auth = await client.get("/auth")
+        assert auth.status_code == 401 and auth.headers["www-authenticate"] == "Bearer"
+        assert auth.json() == {"error": "send a token"}
+        invalid = await client.post("/body", json={"label": "seven"})
+        assert invalid.status_code == 422
+        assert invalid.json()["error"].startswith("invalid request: label: ")
+        missing = await client.get("/nowhere")
+        assert missing.status_code == 404 and "/docs" in missing.json()["error"]
+        method = await client.delete("/ours")
+        assert method.status_code == 405 and "DELETE /ours" in method.json()["error"]
+
+
+async def test_each_prediction_gets_its_own_request_id_header(
+    client: httpx.AsyncClient,
+) -> None:
+    ids = set()
+    for _ in range(3):
+        response = await client.post("/predict", json={"image": [0] * 784})
+        request_id = response.headers[REQUEST_ID_HEADER]
+        assert request_id == response.json()["request_id"]
+        assert len(request_id) == 32 and int(request_id, 16) >= 0
+        ids.add(request_id)
+    assert len(ids) == 3
+
+
+async def test_admin_reload_does_not_exist_without_a_token(client: httpx.AsyncClient) -> None:
+    response = await client.post("/admin/reload")
+    assert response.status_code == 404 and "MNISTOPS_ADMIN_TOKEN" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"), [(None, 401), ("Basic abc", 401), ("Bearer nope", 403)]
+)
+async def test_admin_reload_refuses_a_missing_or_wrong_token(
+    make_app: Callable[..., FastAPI], authorization: str | None, status: int
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    async for client in started_client(make_app(admin_token=TOKEN)):
+        response = await client.post("/admin/reload", headers=headers)
+        assert response.status_code == status, response.text
+        assert "token" in response.json()["error"]
+
+
+async def test_admin_reload_swaps_in_a_new_version(
+    make_app: Callable[..., FastAPI], bundle: ModelBundle, tmp_path: Path
+) -> None:
+    app = make_app(admin_token=TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async for client in started_client(app):
+        same = (await client.post("/admin/reload", headers=auth)).json()
+        assert same["changed"] is False and same["model_version"] == "1"
+        shutil.rmtree(bundle.path)
+        write_bundle(bundle.path, version="2")
+        swapped = (await client.post("/admin/reload", headers=auth)).json()
+        assert swapped["changed"] is True and swapped["model_version"] == "2"
+        answer = (await client.post("/predict", json={"image": [0] * 784})).json()
+        assert answer["model_version"] == "2"
+
+
+async def test_page_is_served_without_external_assets(client: httpx.AsyncClient) -> None:
+    page = await client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    assert "http://" not in page.text and "https://" not in page.text
+
+
+async def test_metrics_say_that_monitoring_is_off(client: httpx.AsyncClient) -> None:
+    response = await client.get("/metrics")
+    assert response.status_code == 200 and "monitoring is off" in response.text
+
+
+async def test_openapi_documents_the_bodies(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    predict = paths["/predict"]["post"]["requestBody"]["content"]
+    assert set(predict) == {"application/json", "multipart/form-data", "image/png", "image/jpeg"}
+    assert "/v2/models/{name}/infer" in paths

@@ -1,0 +1,47 @@
+"""The request path's calls into monitoring, through the MonitorHook protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+
+from mnistops.bundle import ModelBundle
+from mnistops.config import Settings
+from mnistops.serve.models import ModelSlot
+from mnistops.serve.runtime import MonitorHook, Runtime, image_ids
+from tests.unit.serve.conftest import MeanPixelPredictor, RecordingMonitor, started_client
+
+pytestmark = [pytest.mark.unit, pytest.mark.anyio]
+
+
+def test_a_lone_image_keeps_the_request_id_and_a_batch_numbers_its_images() -> None:
+    assert image_ids("abc", 1) == ["abc"]
+    assert image_ids("abc", 3) == ["abc-0", "abc-1", "abc-2"]
+
+
+async def test_runtime_records_each_prediction_with_the_version_that_made_it(
+    bundle: ModelBundle,
+) -> None:
+    monitor = RecordingMonitor()
+    hook: MonitorHook = monitor  # the recording object satisfies the protocol
+    settings = Settings(monitoring=False)
+    runtime = Runtime(settings, ModelSlot(settings, MeanPixelPredictor(bundle)), hook)
+    predictor, probs = await runtime.predict(np.ones((2, 784), np.float32), "req")
+    assert predictor.version == "1" and probs.shape == (2, 10)
+    assert monitor.records == [
+        {"request_ids": ["req-0", "req-1"], "images": 2, "digits": [9, 9], "model_version": "1"}
+    ]
+
+
+async def test_the_app_starts_records_exposes_and_stops_its_monitor(app: FastAPI) -> None:
+    monitor = RecordingMonitor()
+    app.state.runtime.monitor = monitor
+    async for client in started_client(app):
+        assert monitor.started
+        answer = (await client.post("/predict", json={"image": [0] * 784})).json()
+        assert (await client.get("/metrics")).text == "# recorded metrics\n"
+    assert monitor.stopped
+    assert monitor.records == [
+        {"request_ids": [answer["request_id"]], "images": 1, "digits": [0], "model_version": "1"}
+    ]

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 LOCK = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev install-ui lock run ui test test-slow lint bench stress image stack clean help
+.PHONY: install install-dev install-ui lock run ui test test-unit test-slow lint bench stress image stack clean help
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -40,6 +40,9 @@ run: install  ## Fetch MNIST, train a champion if there is none, serve it
 
 test: install-dev  ## Unit, integration and e2e tests (not the slow ones)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-unit: install-dev  ## The unit tests only: in process, no training, network or system tools
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 test-slow: install-dev  ## The full lab recipe and other long tests
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bench.servers import free_port
 
+from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
 from mnistops.data import Mnist, fetch_mnist, load_mnist
 from tests.support.postgres import PostgresServer
@@ -47,13 +49,13 @@ def mnist(mnist_dir: Path) -> Mnist:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, mnist_dir: Path):  # type: ignore[no-untyped-def]
+def make_settings(tmp_path: Path, mnist_dir: Path) -> Callable[..., Settings]:
     """Settings with a fresh state folder in tmp_path; MNIST comes from the session cache."""
 
-    def make(**overrides: object) -> Settings:
-        values: dict[str, object] = {"home": tmp_path / "home", "mnist_dir": mnist_dir}
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"home": tmp_path / "home", "mnist_dir": mnist_dir}
         values.update(overrides)
-        return Settings(**values)  # type: ignore[arg-type]
+        return Settings(**values)
 
     return make
 
@@ -75,7 +77,7 @@ def trained_settings(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) 
 
 
 @pytest.fixture(scope="session")
-def trained_bundle(trained_settings: Settings):  # type: ignore[no-untyped-def]
+def trained_bundle(trained_settings: Settings) -> ModelBundle:
     """The trained champion as a local servable folder (ModelBundle)."""
     from mnistops.registry import resolve
 

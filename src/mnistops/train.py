@@ -22,19 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from mnistops.bundle import ONNX_FILE, REFERENCE_FILE, ReferenceProfile, write_metadata
 from mnistops.checkpoints import CHECKPOINT_FILE, RunProgress, load_progress, save_checkpoint
 from mnistops.config import Settings
 from mnistops.errors import MnistopsError
 from mnistops.evaluate import evaluate, plot_confusion, plot_learning_curves, plot_misclassified
-from mnistops.export import export_onnx, onnx_probabilities
-from mnistops.features import FEATURE_NAMES, IMAGE_PIXELS, image_features
+from mnistops.features import IMAGE_PIXELS
+from mnistops.package import Splits, register_version
 
 DEFAULT_BACKEND = "jax"
 """Measured fastest for the lab recipe on CPU (README: "Why JAX")."""
-PARITY_IMAGES = 2000
-PARITY_TOLERANCE = 1e-4
-SERVE_REQUIREMENTS = ["keras", "jax", "numpy"]
 
 
 class TrainError(MnistopsError):
@@ -143,7 +139,7 @@ def _evaluate_and_register(
     settings: Settings,
     params: TrainParams,
     model: Any,
-    splits: _Splits,
+    splits: Splits,
     test_images: np.ndarray,
     progress: RunProgress,
     log: Callable[[str], None],
@@ -160,7 +156,9 @@ def _evaluate_and_register(
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         _log_plots(work, progress.history, scores, test_images, splits.y_test, test_probs)
-        version, kept = _package(settings, params, model, splits, test_probs, work, log)
+        version, kept = register_version(
+            settings, model, asdict(params), splits, test_probs, work, log
+        )
     decision = gate(settings, version, scores.accuracy)
     mlflow.set_tags({"registered_version": version, "gate.decision": decision.alias})
     name = settings.registered_model
@@ -177,22 +175,9 @@ def _evaluate_and_register(
     )
 
 
-@dataclass(frozen=True)
-class _Splits:
-    """Model-ready arrays: fit, validation (held out, the drift reference) and test."""
-
-    x_fit: np.ndarray
-    y_fit: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    extra_key: str
-
-
 def _split(
     data: Any, params: TrainParams, extra_train: tuple[np.ndarray, np.ndarray] | None
-) -> _Splits:
+) -> Splits:
     x_all, y_all = data.x_train, data.y_train
     if params.limit:
         x_all, y_all = x_all[: params.limit], y_all[: params.limit]
@@ -204,7 +189,7 @@ def _split(
     x_all, y_all = _prepare(x_all), y_all.astype(np.int64)
     # Hold out the last fraction, as Keras' validation_split does.
     split = len(x_all) - int(len(x_all) * params.validation_split)
-    return _Splits(
+    return Splits(
         x_all[:split],
         y_all[:split],
         x_all[split:],
@@ -236,44 +221,6 @@ def _open_model(
     return build_model(params.model, params.learning_rate)
 
 
-def _package(
-    settings: Settings,
-    params: TrainParams,
-    model: Any,
-    splits: _Splits,
-    test_probs: np.ndarray,
-    work: Path,
-    log: Callable[[str], None],
-) -> tuple[str, Path]:
-    """Export to ONNX (with parity check), add the reference profile and metadata, log and
-    register the version; keep a servable copy. Returns the version and that copy."""
-    import mlflow
-
-    bundle = work / "bundle"
-    bundle.mkdir()
-    diff = _export_and_check(model, bundle, splits.x_test, test_probs)
-    log(f"ONNX parity: max |ONNX - Keras| = {diff:.2e} on {PARITY_IMAGES} test images")
-    _write_reference(bundle, splits.x_val, splits.y_val)
-    metadata = {
-        "name": settings.registered_model,
-        "run_id": mlflow.active_run().info.run_id,  # type: ignore[union-attr]
-        "model": params.model,
-        "test_accuracy": float((test_probs.argmax(1) == splits.y_test).mean()),
-        "input": {"name": "pixels", "shape": [-1, IMAGE_PIXELS], "dtype": "float32"},
-        "output": {"name": "probabilities", "shape": [-1, 10], "dtype": "float32"},
-        "feature_names": list(FEATURE_NAMES),
-        "params": asdict(params),
-    }
-    write_metadata(bundle, metadata)
-    version = _log_and_register(settings, model, splits.x_test[:5], bundle)
-    kept = settings.models_dir / settings.registered_model / version
-    if not kept.exists():
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(bundle, kept)
-        write_metadata(kept, {**metadata, "version": version})
-    return version, kept
-
-
 def _log_start(
     params: TrainParams, fingerprint: str, n_fit: int, tags: dict[str, str] | None
 ) -> None:
@@ -295,7 +242,7 @@ def _log_start(
 
 
 def _fit(
-    model: Any, params: TrainParams, splits: _Splits, checkpoint: Path, progress: RunProgress
+    model: Any, params: TrainParams, splits: Splits, checkpoint: Path, progress: RunProgress
 ) -> None:
     """Fit from the last completed epoch, checkpointing and logging after each epoch."""
     if progress.epoch >= params.epochs:
@@ -347,57 +294,3 @@ def _log_plots(
     plot_misclassified(images, labels, probs, plots / "misclassified.png")
     (plots / "classification_report.json").write_text(json.dumps(scores.report, indent=2))
     mlflow.log_artifacts(str(plots), artifact_path="evaluation")
-
-
-def _export_and_check(
-    model: Any, bundle: Path, x_test: np.ndarray, test_probs: np.ndarray
-) -> float:
-    import mlflow
-
-    export_onnx(model, bundle / ONNX_FILE)
-    onnx_probs = onnx_probabilities(bundle / ONNX_FILE, x_test[:PARITY_IMAGES])
-    diff = float(np.max(np.abs(onnx_probs - test_probs[:PARITY_IMAGES])))
-    mlflow.log_metric("onnx_max_abs_diff", diff)
-    if not diff <= PARITY_TOLERANCE:
-        raise TrainError(f"ONNX export differs from Keras by {diff:.2e} (> {PARITY_TOLERANCE})")
-    return diff
-
-
-def _write_reference(bundle: Path, x_val: np.ndarray, y_val: np.ndarray) -> None:
-    """The drift reference: features and ONNX softmax outputs on held-out images."""
-    ReferenceProfile(
-        feature_names=FEATURE_NAMES,
-        features=image_features(x_val),
-        probabilities=onnx_probabilities(bundle / ONNX_FILE, x_val),
-        labels=y_val,
-    ).save(bundle / REFERENCE_FILE)
-
-
-def _log_and_register(settings: Settings, model: Any, example: np.ndarray, bundle: Path) -> str:
-    """Log the Keras model (signature, input example) with its ONNX export and reference
-    profile; register it as a new version."""
-    import types
-
-    import mlflow
-    from mlflow.models import Model, infer_signature
-
-    def save_model(path: str, **kwargs: Any) -> None:
-        # mlflow.keras.save_model writes the input example before it creates its folder
-        # (FileNotFoundError when logging with input_example): create the folder first.
-        Path(path).mkdir(parents=True, exist_ok=True)
-        mlflow.keras.save_model(path=path, **kwargs)
-
-    keras_flavor = types.SimpleNamespace(save_model=save_model, __name__="mlflow.keras")
-    info = Model.log(
-        None,
-        name="model",
-        flavor=keras_flavor,
-        model=model,
-        signature=infer_signature(example, model.predict(example, verbose=0)),
-        input_example=example,
-        pip_requirements=SERVE_REQUIREMENTS,
-    )
-    client = mlflow.MlflowClient()
-    client.log_model_artifacts(info.model_id, str(bundle))
-    registered = mlflow.register_model(info.model_uri, settings.registered_model)
-    return str(registered.version)

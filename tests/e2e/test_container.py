@@ -12,10 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from bench.servers import free_port
 
 from mnistops.config import Settings
 from mnistops.data import Mnist
-from tests.conftest import free_port
+from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,8 +122,8 @@ def test_image_size_is_recorded(image: str) -> None:
 
 
 def test_image_with_postgresql_log_and_prometheus_scrape(
-    image: str, mnist: Mnist, postgres, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    image: str, mnist: Mnist, postgres: PostgresServer, tmp_path: Path
+) -> None:
     """The stack's core wired for real: the api container logs predictions to PostgreSQL
     and a real Prometheus scrapes it (host networking: no registry serves the other images)."""
     import psycopg
@@ -193,7 +194,9 @@ def test_image_with_postgresql_log_and_prometheus_scrape(
             time.sleep(0.5)
             try:
                 with psycopg.connect(dsn) as db:
-                    rows = db.execute("SELECT count(*) FROM predictions").fetchone()[0]  # type: ignore[index]
+                    row = db.execute("SELECT count(*) FROM predictions").fetchone()
+                    assert row is not None  # count(*) always answers one row
+                    rows = row[0]
             except psycopg.errors.UndefinedTable:
                 rows = 0
             answer = httpx.get(

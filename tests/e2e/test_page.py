@@ -6,13 +6,18 @@ import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from bench.servers import free_port
 from PIL import Image
 
+from mnistops.bundle import ModelBundle
 from mnistops.data import Mnist
-from tests.conftest import free_port
 from tests.support.server import RunningServer, run_server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
@@ -29,13 +34,15 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def live(trained_bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:  # type: ignore[no-untyped-def]
+def live(
+    trained_bundle: ModelBundle, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     with run_server(str(trained_bundle.path), free_port(), tmp_path_factory.mktemp("page")) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def browser(live: RunningServer) -> Iterator[object]:
+def browser(live: RunningServer) -> Iterator[Browser]:
     assert shutil.which("chromium") or Path(CHROMIUM).exists(), (
         "Chromium is required for the browser tests: apt-get install chromium"
     )
@@ -48,14 +55,15 @@ def browser(live: RunningServer) -> Iterator[object]:
 
 
 @pytest.fixture(scope="module")
-def page(browser, live: RunningServer) -> object:  # type: ignore[no-untyped-def]
+def page(browser: Browser, live: RunningServer) -> Page:
     page = browser.new_page()
     page.goto(live.url + "/")
     return page
 
 
-def test_drawing_a_one_shows_a_prediction_and_bars(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_drawing_a_one_shows_a_prediction_and_bars(page: Page, tmp_path: Path) -> None:
     box = page.locator("#pad").bounding_box()
+    assert box is not None  # the pad is on screen
     x = box["x"] + box["width"] / 2
     page.mouse.move(x, box["y"] + 50)
     page.mouse.down()
@@ -68,13 +76,13 @@ def test_drawing_a_one_shows_a_prediction_and_bars(page, tmp_path: Path) -> None
         ".bar > div", "els => els.map(e => parseFloat(e.style.width))"
     )
     assert len(widths) == 10 and abs(sum(widths) - 100) < 2
-    assert "version 1" in page.locator("#model").text_content()
+    assert "version 1" in (page.locator("#model").text_content() or "")
     page.screenshot(path=str(tmp_path / "drawn.png"))
     page.click("#clear")
     assert page.locator("#digit").text_content() == ""
 
 
-def test_uploading_an_mnist_digit_shows_its_label(page, mnist: Mnist, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_uploading_an_mnist_digit_shows_its_label(page: Page, mnist: Mnist, tmp_path: Path) -> None:
     for index in (0, 1, 2, 3):  # labels 7, 2, 1, 0
         path = tmp_path / f"digit{index}.png"
         buffer = io.BytesIO()
@@ -88,7 +96,7 @@ def test_uploading_an_mnist_digit_shows_its_label(page, mnist: Mnist, tmp_path: 
         assert page.locator("#digit").text_content() == str(mnist.y_test[index])
 
 
-def test_page_loads_nothing_from_outside(browser, live: RunningServer) -> None:  # type: ignore[no-untyped-def]
+def test_page_loads_nothing_from_outside(browser: Browser, live: RunningServer) -> None:
     requested: list[str] = []
     page = browser.new_page()
     page.on("request", lambda request: requested.append(request.url))

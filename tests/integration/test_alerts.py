@@ -12,14 +12,15 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
+from bench.servers import free_port
 
 from mnistops.config import Settings
 from mnistops.ops.simulate import scenario_images, simulate
-from tests.conftest import free_port
 from tests.support.server import RunningServer, run_server
 
 pytestmark = pytest.mark.integration
@@ -63,7 +64,7 @@ class Webhook:
     """A tiny Alertmanager webhook receiver that remembers what it was sent."""
 
     def __init__(self) -> None:
-        self.received: list[dict] = []  # type: ignore[type-arg]
+        self.received: list[dict[str, Any]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -175,10 +176,10 @@ def stack(
             webhook.server.shutdown()
 
 
-def _query(prometheus: str, expr: str) -> list[dict]:  # type: ignore[type-arg]
+def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
     answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10).json()
     assert answer["status"] == "success", (expr, answer)
-    return answer["data"]["result"]  # type: ignore[no-any-return]
+    return answer["data"]["result"]
 
 
 def test_dashboard_queries_return_data_and_drift_alert_reaches_alertmanager(
@@ -186,6 +187,7 @@ def test_dashboard_queries_return_data_and_drift_alert_reaches_alertmanager(
 ) -> None:
     srv, prometheus, webhook = stack
     clean, labels = scenario_images("clean", trained_settings, 300, seed=11)
+    assert labels is not None  # MNIST digits come with their labels
     simulate(srv.url, clean[:150], labels=labels[:150], feedback=True, rate=100)
     simulate(srv.url, clean[150:], rate=100)
     dashboard = json.loads((DEPLOY / "grafana/dashboards/mnistops.json").read_text())

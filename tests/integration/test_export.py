@@ -13,7 +13,7 @@ import pytest
 from mnistops.data import Mnist
 from mnistops.export import export_onnx, onnx_probabilities
 from mnistops.model import MODELS, build_model
-from mnistops.train import PARITY_TOLERANCE
+from mnistops.package import PARITY_TOLERANCE
 
 pytestmark = pytest.mark.integration
 

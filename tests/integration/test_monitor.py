@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from bench.servers import free_port
 
 from mnistops.config import Settings
 from mnistops.data import Mnist
 from mnistops.ops.simulate import scenario_images, simulate
-from tests.conftest import free_port
 from tests.support.server import run_server
 
 pytestmark = pytest.mark.integration
@@ -44,7 +43,7 @@ def test_drift_feedback_report_and_retrain(store_copy: Settings, tmp_path: Path)
     with run_server("models:/mnist-classifier@champion", free_port(), store_copy.home, env) as srv:
         clean, labels = scenario_images("clean", store_copy, 300, seed=1)
         assert simulate(srv.url, clean, labels=labels, feedback=True) == {"200": 300}
-        client = httpx.Client(base_url=srv.url, timeout=30)
+        client = srv.client()
         verdict = client.get("/monitoring/drift").json()
         assert verdict["checked"] and verdict["drift"] is False, verdict
         metrics = client.get("/metrics").text
@@ -114,7 +113,7 @@ def test_killed_monitor_process_is_restarted_and_serving_never_stops(
     trained_bundle: Any, mnist: Mnist, tmp_path: Path
 ) -> None:
     with run_server(str(trained_bundle.path), free_port(), tmp_path) as srv:
-        client = httpx.Client(base_url=srv.url, timeout=30)
+        client = srv.client()
         for i in range(50):
             client.post("/predict", json={"image": mnist.x_test[i].tolist()}).raise_for_status()
         assert _predictions_total(client.get("/metrics").text) == 50

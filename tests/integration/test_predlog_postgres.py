@@ -7,12 +7,12 @@ import re
 import time
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
+from bench.servers import free_port
 
+from mnistops.bundle import ModelBundle
 from mnistops.data import Mnist
-from tests.conftest import free_port
 from tests.support.postgres import PostgresServer
 from tests.support.server import run_server
 
@@ -28,21 +28,20 @@ def _rows(server: PostgresServer, database: str) -> int:
     dsn = f"host=127.0.0.1 port={server.port} user=postgres dbname={database}"
     with psycopg.connect(dsn) as db:
         try:
-            return int(db.execute("SELECT count(*) FROM predictions").fetchone()[0])  # type: ignore[index]
+            row = db.execute("SELECT count(*) FROM predictions").fetchone()
+            assert row is not None  # count(*) always answers one row
+            return int(row[0])
         except psycopg.errors.UndefinedTable:
             return 0  # the monitor process has not created its table yet
 
 
 def test_store_outage_loses_no_prediction_and_writing_resumes(
-    trained_bundle,
-    mnist: Mnist,
-    postgres: PostgresServer,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    trained_bundle: ModelBundle, mnist: Mnist, postgres: PostgresServer, tmp_path: Path
 ) -> None:
     url = postgres.create_database("predictions_outage")
     env = {"MNISTOPS_PREDICTION_LOG_URL": url}
     with run_server(str(trained_bundle.path), free_port(), tmp_path, env) as srv:
-        client = httpx.Client(base_url=srv.url, timeout=30)
+        client = srv.client()
 
         def send(count: int, offset: int) -> list[int]:
             return [
@@ -75,7 +74,7 @@ def test_store_outage_loses_no_prediction_and_writing_resumes(
         time.sleep(6)  # longest retry back-off
         assert set(send(50, 400)) == {200}
         deadline = time.monotonic() + 20
-        written_after = 0
+        written_after: float = 0
         while time.monotonic() < deadline:
             metrics = client.get("/metrics").text
             written_after = _metric(metrics, "mnistops_prediction_log_rows_written_total")

@@ -7,16 +7,17 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from bench.servers import free_port
 from PIL import Image
 
+from mnistops.bundle import ModelBundle
 from mnistops.data import Mnist
-from tests.conftest import free_port
 from tests.support.server import RunningServer, run_server
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,9 @@ DIGITS = 200
 
 
 @pytest.fixture(scope="module")
-def server(trained_bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:  # type: ignore[no-untyped-def]
+def server(
+    trained_bundle: ModelBundle, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     home = tmp_path_factory.mktemp("serve-home")
     with run_server(str(trained_bundle.path), free_port(), home) as running:
         yield running
@@ -48,8 +51,8 @@ def _accuracy(predicted: list[int], mnist: Mnist) -> float:
 
 
 def test_json_single_images_are_labelled_at_model_accuracy(
-    client: httpx.Client, mnist: Mnist, trained_bundle
-) -> None:  # type: ignore[no-untyped-def]
+    client: httpx.Client, mnist: Mnist, trained_bundle: ModelBundle
+) -> None:
     predicted = []
     for image in mnist.x_test[:DIGITS]:
         response = client.post("/predict", json={"image": image.tolist()})
@@ -74,8 +77,8 @@ def test_json_floats_and_batches_agree(client: httpx.Client, mnist: Mnist) -> No
 
 
 def test_png_upload_and_raw_body_label_digits(
-    client: httpx.Client, mnist: Mnist, trained_bundle
-) -> None:  # type: ignore[no-untyped-def]
+    client: httpx.Client, mnist: Mnist, trained_bundle: ModelBundle
+) -> None:
     predicted = []
     for i, image in enumerate(mnist.x_test[:DIGITS]):
         data = _png(image)
@@ -101,7 +104,9 @@ def test_large_dark_on_light_jpeg_is_normalised(client: httpx.Client, mnist: Mni
     assert right >= 40
 
 
-def test_open_inference_protocol_infer(client: httpx.Client, mnist: Mnist, trained_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_open_inference_protocol_infer(
+    client: httpx.Client, mnist: Mnist, trained_bundle: ModelBundle
+) -> None:
     images = mnist.x_test[:DIGITS]
     request = {
         "inputs": [
@@ -187,7 +192,7 @@ BAD_REQUESTS = [
 def test_bad_input_gets_a_clear_4xx(
     client: httpx.Client,
     case: str,
-    body: bytes,  # type: ignore[no-untyped-def]
+    body: bytes,
     content_type: str,
     status: int,
     says: str,
@@ -234,7 +239,7 @@ def test_unknown_model_or_version_is_404(client: httpx.Client) -> None:
 
 
 def test_v2_infer_rejects_bad_tensors(client: httpx.Client) -> None:
-    def infer(tensor: dict) -> httpx.Response:  # type: ignore[type-arg]
+    def infer(tensor: Mapping[str, object]) -> httpx.Response:
         return client.post("/v2/models/mnist-classifier/infer", json={"inputs": [tensor]})
 
     base = {"name": "pixels", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 784}
@@ -255,7 +260,9 @@ def test_admin_reload_is_off_without_a_token(client: httpx.Client) -> None:
     assert client.post("/admin/reload").status_code == 404
 
 
-def test_serving_process_imports_no_training_framework(trained_bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_serving_process_imports_no_training_framework(
+    trained_bundle: ModelBundle, tmp_path: Path
+) -> None:
     script = f"""
 import sys
 from fastapi.testclient import TestClient

@@ -12,10 +12,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from bench.servers import free_port
 
+from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
 from mnistops.data import Mnist
-from tests.conftest import free_port
 from tests.support.server import run_server
 
 pytestmark = pytest.mark.integration
@@ -82,7 +83,7 @@ def test_admin_reload_swaps_under_load_with_zero_failures(
     with run_server(
         "models:/mnist-classifier@champion", free_port(), two_version_home.home, env
     ) as srv:
-        admin = httpx.Client(base_url=srv.url, timeout=30)
+        admin = srv.client()
         assert admin.post("/admin/reload").status_code == 401
         assert (
             admin.post("/admin/reload", headers={"Authorization": "Basic abc"}).status_code == 401
@@ -124,8 +125,8 @@ def test_moved_alias_is_picked_up_by_polling(two_version_home: Settings, mnist: 
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(
-    trained_bundle, mnist: Mnist, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    trained_bundle: ModelBundle, mnist: Mnist, tmp_path: Path
+) -> None:
     env = {"MNISTOPS_GRACE_PERIOD_S": "5"}
     with run_server(str(trained_bundle.path), free_port(), tmp_path, env) as srv:
         with Load(srv.url, mnist, threads=6) as load:

@@ -37,7 +37,7 @@ def test_training_logs_and_registers_into_postgresql(
     dsn = f"host=127.0.0.1 port={postgres.port} user=postgres dbname=mlflow_tracking"
     with psycopg.connect(dsn) as db:
         versions = db.execute("SELECT name, version FROM model_versions").fetchall()
-        params = dict(db.execute("SELECT key, value FROM params").fetchall())
+        params: dict[str, str] = dict(db.execute("SELECT key, value FROM params").fetchall())
     assert versions == [("mnist-classifier", 1)]
     assert params["limit"] == "2000"
     listed = subprocess.run(

@@ -8,28 +8,39 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
+from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
-from mnistops.train import TrainParams, train
+from mnistops.data import Mnist
+from mnistops.train import TrainParams, TrainResult, train
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 pytestmark = pytest.mark.integration
 
 PARAMS = ("model", "epochs", "batch_size", "learning_rate", "validation_split", "seed", "limit")
+SeededRuns = tuple[Settings, TrainResult, TrainResult]
+"""The settings of the store, and the first and second run of the same params."""
 
 
-def _client(settings: Settings):  # type: ignore[no-untyped-def]
+def _client(settings: Settings) -> MlflowClient:
     from mnistops.tracking import setup_mlflow
 
     return setup_mlflow(settings)
 
 
-def _latest_run(settings: Settings):  # type: ignore[no-untyped-def]
+def _latest_run(settings: Settings) -> Run:
     client = _client(settings)
     experiment = client.get_experiment_by_name(settings.experiment)
+    assert experiment is not None, settings.experiment
     return client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])[0]
 
 
@@ -60,8 +71,8 @@ def test_run_logs_params_metrics_and_artifacts(trained_settings: Settings) -> No
 
 
 def test_registered_version_holds_onnx_and_reference(
-    trained_settings: Settings, trained_bundle, mnist
-) -> None:  # type: ignore[no-untyped-def]
+    trained_settings: Settings, trained_bundle: ModelBundle, mnist: Mnist
+) -> None:
     from mnistops.export import onnx_probabilities
     from mnistops.features import FEATURE_NAMES
 
@@ -83,7 +94,7 @@ def test_registered_version_holds_onnx_and_reference(
 
 
 @pytest.fixture(scope="module")
-def two_seeded_runs(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path):  # type: ignore[no-untyped-def]
+def two_seeded_runs(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> SeededRuns:
     """The same params trained twice into one store: first with a low floor, then a high one."""
     home = tmp_path_factory.mktemp("two-runs")
     params = TrainParams(epochs=1, limit=3000, seed=7)
@@ -94,13 +105,13 @@ def two_seeded_runs(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path): 
     return high, first, second
 
 
-def test_same_seed_gives_same_accuracy(two_seeded_runs) -> None:  # type: ignore[no-untyped-def]
+def test_same_seed_gives_same_accuracy(two_seeded_runs: SeededRuns) -> None:
     _, first, second = two_seeded_runs
     assert abs(first.test_accuracy - second.test_accuracy) <= 0.001
     assert first.run_id != second.run_id
 
 
-def test_gate_keeps_champion_and_tags_the_decision(two_seeded_runs) -> None:  # type: ignore[no-untyped-def]
+def test_gate_keeps_champion_and_tags_the_decision(two_seeded_runs: SeededRuns) -> None:
     from mnistops.registry import promote, rollback
 
     settings, first, second = two_seeded_runs
@@ -119,7 +130,9 @@ def test_gate_keeps_champion_and_tags_the_decision(two_seeded_runs) -> None:  # 
     assert alias("champion") == "1"
 
 
-def test_killed_training_resumes_from_last_epoch(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_killed_training_resumes_from_last_epoch(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
     settings = make_settings()
     env = {
         **os.environ,
@@ -152,6 +165,6 @@ def test_killed_training_resumes_from_last_epoch(make_settings, tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_lab_recipe_reaches_lab_accuracy(make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_lab_recipe_reaches_lab_accuracy(make_settings: Callable[..., Settings]) -> None:
     result = train(make_settings(), TrainParams(), log=lambda _: None)
     assert result.test_accuracy >= 0.978

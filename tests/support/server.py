@@ -11,9 +11,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from bench import servers
 from bench.servers import LOOPBACK, READY_TIMEOUT_S
 
@@ -21,14 +22,28 @@ READY_PATH = "/v2/health/ready"
 PROBE_TIMEOUT_S = 1.0
 
 
+CLIENT_TIMEOUT_S = 30.0
+
+
 @dataclass
 class RunningServer:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    _clients: list[httpx.Client] = field(default_factory=list)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def client(self) -> httpx.Client:
+        """An HTTP client on this server, closed when the server stops."""
+        client = httpx.Client(base_url=self.url, timeout=CLIENT_TIMEOUT_S)
+        self._clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        for client in self._clients:
+            client.close()
 
 
 def _ready(url: str) -> servers.Probe:
@@ -72,4 +87,8 @@ def run_command(
     command = [sys.executable, "-m", "mnistops", *args]
     url = f"http://{LOOPBACK}:{port}"
     with servers.serving(command, environment, log_path, _ready(url), ready_timeout) as server:
-        yield RunningServer(url, server.process, log_path)
+        running = RunningServer(url, server.process, log_path)
+        try:
+            yield running
+        finally:
+            running.close_clients()

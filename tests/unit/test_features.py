@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnistops.data import Mnist
 from mnistops.features import FEATURE_NAMES, image_features
 
 pytestmark = pytest.mark.unit
@@ -23,14 +22,3 @@ def test_features_of_known_images() -> None:
     assert ink == pytest.approx(4 / 784)
     assert std == pytest.approx(np.std(block))
     assert (row, col) == pytest.approx((2.5, 10.5))
-
-
-def test_features_accept_square_and_flat_layouts(mnist: Mnist) -> None:
-    images = mnist.x_test[:50].astype(np.float32) / 255
-    assert np.allclose(image_features(images), image_features(images.reshape(50, 784)))
-
-
-def test_mnist_digits_have_typical_statistics(mnist: Mnist) -> None:
-    features = image_features(mnist.x_test[:1000].astype(np.float32) / 255)
-    assert 0.08 < features[:, 0].mean() < 0.18  # mean ink level of MNIST, about 0.13
-    assert 10 < features[:, 3].mean() < 17  # centred by centre of mass

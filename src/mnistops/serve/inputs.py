@@ -116,13 +116,15 @@ async def _multipart_pixels(request: Request, settings: Settings) -> np.ndarray:
     # python-multipart and Starlette raise several unrelated types for a malformed body
     except Exception as exc:
         raise InputError(f"malformed multipart body: {exc}") from exc
-    upload = form.get(UPLOAD_FIELD)
-    if upload is None or isinstance(upload, str):
-        raise InputError(
-            f"multipart body must carry the image in a file field named '{UPLOAD_FIELD}'"
-        )
-    data = await upload.read()
-    await form.close()
+    try:
+        upload = form.get(UPLOAD_FIELD)
+        if upload is None or isinstance(upload, str):
+            raise InputError(
+                f"multipart body must carry the image in a file field named '{UPLOAD_FIELD}'"
+            )
+        data = await upload.read()
+    finally:
+        await form.close()  # a refused body's uploads are spooled files too
     return image_to_pixels(data, settings.max_image_pixels)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -120,15 +121,15 @@ def bundle(tmp_path: Path) -> ModelBundle:
 def make_app(tmp_path: Path, bundle: ModelBundle) -> Callable[..., FastAPI]:
     """``make_app(**settings)``: the service on the fake predictor, monitoring off."""
 
-    def make(**overrides: object) -> FastAPI:
-        values: dict[str, object] = {
+    def make(**overrides: Any) -> FastAPI:
+        values: dict[str, Any] = {
             "home": tmp_path / "home",
             "model_uri": str(bundle.path),
             "monitoring": False,
             "reload_interval_s": 0,
         }
         values.update(overrides)
-        return create_app(Settings(**values), bundle, loader=fake_loader)  # type: ignore[arg-type]
+        return create_app(Settings(**values), bundle, loader=fake_loader)
 
     return make
 

@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/k8s"
 K8S_VERSION = "1.31"

@@ -1,0 +1,70 @@
+"""The command line against real outages and a real model: an unreachable tracking server,
+an unreachable service, and export from a trained registry, each a one-line error or a
+servable folder."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mnistops.cli import app
+from mnistops.config import Settings
+from tests.support.cli import FAST, mnistops_process, one_line_error
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def test_unreachable_service_is_one_line(
+    mnist_dir: Path, free_port: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MNISTOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MNISTOPS_MNIST_DIR", str(mnist_dir))
+    url = f"http://127.0.0.1:{free_port}"
+    for command in (["retrain", "--url", url], ["monitor", "simulate", "--url", url, "--n", "3"]):
+        line = one_line_error(runner.invoke(app, command))
+        assert f"cannot reach the service at {url}" in line
+
+
+@pytest.mark.parametrize("command", [["models"], ["export"], ["serve"], ["run"]])
+def test_unreachable_tracking_server_is_reported_as_such(
+    command: list[str], tmp_path: Path, mnist_dir: Path, free_port: int
+) -> None:
+    uri = f"http://127.0.0.1:{free_port}"
+    env = {
+        "MLFLOW_TRACKING_URI": uri,
+        "MNISTOPS_HOME": str(tmp_path),
+        "MNISTOPS_MNIST_DIR": str(mnist_dir),
+    }
+    started = time.monotonic()
+    done = mnistops_process(*command, env=env)
+    assert time.monotonic() - started < FAST
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "no champion" not in done.stdout
+    assert done.stderr.splitlines() == [
+        f"error: MLflow tracking server {uri} is unreachable or failing "
+        "([Errno 111] Connection refused); start it, or point MLFLOW_TRACKING_URI at a working one"
+    ]
+
+
+def test_promote_unknown_version_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MNISTOPS_HOME", str(tmp_path))
+    result = runner.invoke(app, ["promote", "41"])
+    assert "has no version 41" in one_line_error(result)
+
+
+def test_export_writes_a_servable_folder(
+    trained_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MNISTOPS_HOME", str(trained_settings.home))
+    out = tmp_path / "model"
+    result = runner.invoke(app, ["export", "models:/mnist-classifier@champion", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "model.onnx", "reference.npz"]
+    result = runner.invoke(app, ["export", "models:/mnist-classifier@nope", "--out", str(out)])
+    assert result.exit_code == 1 and "no alias @nope" in result.output

@@ -28,17 +28,25 @@ class Recording(Predictor):
         return np.repeat(pixels[:, :1] + self.offset, 10, axis=1)
 
 
-def test_concurrent_requests_share_calls_and_get_their_own_answers() -> None:
+def _concurrently(
+    inputs: list[np.ndarray], *, max_size: int, max_wait_ms: float
+) -> tuple[list[np.ndarray], list[int]]:
+    """Send every input at once through one batcher; the answers and the batch sizes."""
+
     async def scenario() -> tuple[list[np.ndarray], list[int]]:
-        batcher = MicroBatcher(max_size=64, max_wait_ms=20)
+        batcher = MicroBatcher(max_size=max_size, max_wait_ms=max_wait_ms)
         batcher.start()
         model = Recording(0.0)
-        inputs = [np.full((1, 784), i, np.float32) for i in range(40)]
         answers = await asyncio.gather(*(batcher.predict(model, x) for x in inputs))
         await batcher.stop()
         return answers, model.calls
 
-    answers, calls = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_concurrent_requests_share_calls_and_get_their_own_answers() -> None:
+    inputs = [np.full((1, 784), i, np.float32) for i in range(40)]
+    answers, calls = _concurrently(inputs, max_size=64, max_wait_ms=20)
     assert [int(a[0, 0]) for a in answers] == list(range(40))
     assert sum(calls) == 40 and len(calls) < 10
 
@@ -76,16 +84,8 @@ def test_requests_for_different_versions_are_not_mixed() -> None:
 
 
 def test_multi_image_requests_never_overshoot_max_size() -> None:
-    async def scenario() -> tuple[list[np.ndarray], list[int]]:
-        batcher = MicroBatcher(max_size=8, max_wait_ms=5)
-        batcher.start()
-        model = Recording(0.0)
-        inputs = [np.full((5, 784), i, np.float32) for i in range(20)]
-        answers = await asyncio.gather(*(batcher.predict(model, x) for x in inputs))
-        await batcher.stop()
-        return answers, model.calls
-
-    answers, calls = asyncio.run(scenario())
+    inputs = [np.full((5, 784), i, np.float32) for i in range(20)]
+    answers, calls = _concurrently(inputs, max_size=8, max_wait_ms=5)
     assert max(calls) <= 8, calls
     assert sum(calls) == 100
     assert [a[:, 0].tolist() for a in answers] == [[float(i)] * 5 for i in range(20)]

@@ -123,10 +123,10 @@ def _serving(serving: ServingResult, found: dict[str, float]) -> list[str]:
         "",
         *(target_line(name, found[name], details.get(name, "")) for name in names),
         "",
-        "`mlflow models serve` runs from the lab's environment with TensorFlow as the "
-        "Keras backend: on JAX, MLflow's Keras flavour answers 400 to most concurrent "
-        "requests. The no-op route reads the body and answers `{}`; `/predict` also "
-        "decodes 784 JSON numbers into an array (about 30 µs, a fifth of the no-op "
+        "`mlflow models serve` serves the registered version's default flavour, the same "
+        "ONNX file through onnxruntime, from the project's environment. The no-op route "
+        "reads the body and answers `{}`; `/predict` also decodes 784 JSON numbers into an "
+        "array (about 30 µs, a fifth of the no-op "
         "route's whole cost per request here), runs the model, hands the prediction to "
         "the monitor and answers ten probabilities.",
         "",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import statistics
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -105,18 +104,17 @@ def lab_flask(python: Path, model_path: Path) -> Contender:
     )
 
 
-def mlflow_serve(python: Path) -> Contender:
-    """`mlflow models serve` on the champion, from the lab's environment (TensorFlow as the
-    Keras backend, as the lab would run it). On the JAX backend MLflow's Keras flavour
-    answers 400 to most concurrent requests (a variable-initialisation race), so JAX
-    would not measure serving at all."""
+def mlflow_serve() -> Contender:
+    """`mlflow models serve` on the champion from the project's own environment: a
+    registered version's default flavour is its ONNX model (onnxruntime), the same file
+    mnistops serves, so this measures the two servers, not two runtimes."""
     port = free_port()
     model = f"models:/{MODEL_NAME}@champion"
     options = ["--env-manager", "local", "-h", LOOPBACK, "-p", str(port)]
     return Contender(
         MLFLOW_SERVE,
-        [str(python.parent / "mlflow"), "models", "serve", "-m", model, *options],
-        lab_env(PATH=f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"),
+        [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model, *options],
+        base_env(),
         f"http://{LOOPBACK}:{port}/invocations",
         _json({"inputs": [sample_image()]}),
     )
@@ -199,7 +197,7 @@ def bench_serving(seconds: float, repeats: int) -> ServingResult:
     ready = median_ready(lambda: mnistops_server(MNISTOPS, model_dir), READY_STARTS)
     log(f"  mnistops exec-to-ready, median of {READY_STARTS}: {ready:.2f} s")
     startup = {MNISTOPS: Startup(ready, rss)}
-    for rival in (lab_flask(python, lab_model), mlflow_serve(python)):
+    for rival in (lab_flask(python, lab_model), mlflow_serve()):
         loads[rival.name], startup[rival.name] = _measure_rival(rival, seconds)
     return ServingResult(
         loads=loads,

@@ -48,7 +48,18 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, validation_alias=AliasChoices("MNISTOPS_PORT", "PORT"))
     """Port the server listens on (MNISTOPS_PORT, or PORT as Cloud Run sets it)."""
     max_body_bytes: int = 1 << 20
-    """Largest request body accepted (413 above)."""
+    """Largest request body accepted on any route, with a Content-Length or chunked (413
+    above; an over-limit body of up to four times this is read and discarded first, so
+    that a client that sends its whole body before reading sees the 413)."""
+    max_header_bytes: int = Field(default=32 << 10, ge=1024)
+    """Largest request line and headers together (431 and the connection closed above)."""
+    max_in_flight: int = Field(default=64, ge=0)
+    """Requests answered at once, waiting for the model included; past it a request gets
+    503 with Retry-After at once (load shedding). Health and /metrics are never shed; 0
+    turns shedding off."""
+    max_connections: int = Field(default=4096, ge=1)
+    """Open connections the server keeps (uvicorn's limit_concurrency); past it every
+    request is answered 503 and its connection closed: a backstop for descriptors."""
     max_batch_images: int = 256
     """Most images one request may carry."""
     max_image_pixels: int = 40_000_000

@@ -1,5 +1,12 @@
 """A trained Keras model becomes a registered version: its ONNX export (parity-checked),
 the reference profile for drift detection, its metadata, logged to MLflow and registered.
+
+A version is one MLflow model with three flavours, so that MLflow's own tools serve what
+production serves: ``python_function`` and ``onnx`` (MLflow's ONNX flavour over
+``model.onnx``: ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` run it through
+onnxruntime, without Keras or TensorFlow), and ``keras`` (the trained model, in ``keras/``,
+itself a complete MLflow Keras model). ``reference.npz`` and ``metadata.json`` lie beside
+``model.onnx`` at the version's root, where :mod:`mnistops.registry` reads the bundle.
 """
 
 from __future__ import annotations
@@ -12,16 +19,32 @@ from typing import Any
 
 import numpy as np
 
-from mnistops.bundle import ONNX_FILE, REFERENCE_FILE, ReferenceProfile, write_metadata
+from mnistops.bundle import (
+    BUNDLE_FILES,
+    ONNX_FILE,
+    REFERENCE_FILE,
+    ReferenceProfile,
+    write_metadata,
+)
 from mnistops.config import Settings
 from mnistops.export import ExportError, export_onnx, onnx_probabilities
-from mnistops.features import FEATURE_NAMES, IMAGE_PIXELS, image_features
+from mnistops.features import FEATURE_NAMES, IMAGE_PIXELS, NUM_CLASSES, image_features
 
 PARITY_IMAGES = 2000
 """Test images on which the ONNX export must match Keras."""
 PARITY_TOLERANCE = 1e-4
 """Largest absolute difference of probabilities allowed between ONNX and Keras."""
-SERVE_REQUIREMENTS = ["keras", "jax", "numpy"]
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "probabilities"
+"""The ONNX graph's output, as metadata.json names it. MLflow's ONNX flavour answers
+``{"predictions": {OUTPUT_NAME: [[...], ...]}}``, and jax2onnx names the output after its
+last operation (``softmax_out_0``), which would put a recipe's internals in the answer."""
+KERAS_FOLDER = "keras"
+"""The Keras model inside a version: an MLflow Keras model of its own."""
+KERAS_REQUIREMENTS = ["keras", "jax", "numpy"]
+ONNX_PROVIDERS = ["CPUExecutionProvider"]
+"""onnxruntime's providers for MLflow's loader: production's (MLflow's default asks for
+CUDA first and warns on every load where it is missing)."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +96,8 @@ def register_version(
         "run_id": mlflow.active_run().info.run_id,  # type: ignore[union-attr]
         "model": params["model"],
         "test_accuracy": float((test_probs.argmax(1) == splits.y_test).mean()),
-        "input": {"name": "pixels", "shape": [-1, IMAGE_PIXELS], "dtype": "float32"},
-        "output": {"name": "probabilities", "shape": [-1, 10], "dtype": "float32"},
+        "input": {"name": INPUT_NAME, "shape": [-1, IMAGE_PIXELS], "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "shape": [-1, NUM_CLASSES], "dtype": "float32"},
         "feature_names": list(FEATURE_NAMES),
         "params": params,
     }
@@ -94,6 +117,7 @@ def _export_and_check(
     import mlflow
 
     export_onnx(model, bundle / ONNX_FILE)
+    _name_output(bundle / ONNX_FILE)
     onnx_probs = onnx_probabilities(bundle / ONNX_FILE, x_test[:PARITY_IMAGES])
     diff = float(np.max(np.abs(onnx_probs - test_probs[:PARITY_IMAGES])))
     mlflow.log_metric("onnx_max_abs_diff", diff)
@@ -112,31 +136,105 @@ def _write_reference(bundle: Path, x_val: np.ndarray, y_val: np.ndarray) -> None
     ).save(bundle / REFERENCE_FILE)
 
 
+def _name_output(onnx_path: Path) -> None:
+    """Rename the graph's one output to :data:`OUTPUT_NAME` (the numbers are untouched)."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    (output,) = proto.graph.output
+    old = output.name
+    if old == OUTPUT_NAME:
+        return
+    for node in proto.graph.node:
+        node.input[:] = [OUTPUT_NAME if name == old else name for name in node.input]
+        node.output[:] = [OUTPUT_NAME if name == old else name for name in node.output]
+    output.name = OUTPUT_NAME
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(onnx_path))
+
+
 def _log_and_register(settings: Settings, model: Any, example: np.ndarray, bundle: Path) -> str:
-    """Log the Keras model (signature, input example) with its ONNX export and reference
-    profile; register it as a new version."""
-    import types
-
+    """Log the version (see the module's docstring) with its signature and input example,
+    and register it."""
     import mlflow
-    from mlflow.models import Model, infer_signature
+    from mlflow.models import Model
 
-    def save_model(path: str, **kwargs: Any) -> None:
-        # mlflow.keras.save_model writes the input example before it creates its folder
-        # (FileNotFoundError when logging with input_example): create the folder first.
-        Path(path).mkdir(parents=True, exist_ok=True)
-        mlflow.keras.save_model(path=path, **kwargs)
-
-    keras_flavor = types.SimpleNamespace(save_model=save_model, __name__="mlflow.keras")
+    files = _VersionFiles(model, bundle, settings.intra_op_threads)
     info = Model.log(
-        None,
-        name="model",
-        flavor=keras_flavor,
-        model=model,
-        signature=infer_signature(example, model.predict(example, verbose=0)),
-        input_example=example,
-        pip_requirements=SERVE_REQUIREMENTS,
+        None, name="model", flavor=files, signature=_signature(), input_example=example
     )
-    client = mlflow.MlflowClient()
-    client.log_model_artifacts(info.model_id, str(bundle))
     registered = mlflow.register_model(info.model_uri, settings.registered_model)
     return str(registered.version)
+
+
+def _signature() -> Any:
+    """float32 ``[-1, 784]`` pixels in, float32 ``[-1, 10]`` probabilities out.
+
+    The input is unnamed: MLflow then takes a bare tensor (``inputs``, ``instances``) and a
+    784-column frame (``dataframe_split``, ``dataframe_records``) alike.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, IMAGE_PIXELS))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES), OUTPUT_NAME)]),
+    )
+
+
+@dataclass(frozen=True)
+class _VersionFiles:
+    """The flavour ``Model.log`` calls to write a version's folder."""
+
+    keras_model: Any
+    bundle: Path
+    intra_op_threads: int
+    __name__ = "mlflow.onnx"
+    """How MLflow labels the logged model's flavour."""
+
+    def save_model(
+        self, path: str, mlflow_model: Any, signature: Any, input_example: Any, **kwargs: Any
+    ) -> None:
+        """Write the ONNX flavour, the bundle's files and the Keras model into ``path``."""
+        import mlflow.onnx
+        import onnx
+        from mlflow.models.model import MLMODEL_FILE_NAME
+
+        root = Path(path)
+        mlflow.onnx.save_model(
+            onnx.load(str(self.bundle / ONNX_FILE)),
+            path,
+            mlflow_model=mlflow_model,
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=mlflow.onnx.get_default_pip_requirements(),
+            onnx_execution_providers=ONNX_PROVIDERS,
+            onnx_session_options=self._session_options(),
+            save_as_external_data=False,  # one file, as the bundle holds it
+            **kwargs,
+        )
+        for name in BUNDLE_FILES:  # model.onnx too: byte for byte the parity-checked file
+            shutil.copy2(self.bundle / name, root / name)
+        _add_keras(self.keras_model, root, mlflow_model, signature)
+        files = (f for f in root.rglob("*") if f.is_file())
+        mlflow_model.model_size_bytes = sum(f.stat().st_size for f in files)
+        mlflow_model.save(str(root / MLMODEL_FILE_NAME))
+
+    def _session_options(self) -> dict[str, int]:
+        """The threads production's Predictor gives onnxruntime."""
+        return {"intra_op_num_threads": self.intra_op_threads, "inter_op_num_threads": 1}
+
+
+def _add_keras(model: Any, root: Path, mlflow_model: Any, signature: Any) -> None:
+    """Save the Keras model as an MLflow Keras model in ``keras/``, and list its flavour in
+    the version's MLmodel too, so that ``mlflow.keras.load_model`` on the version finds it."""
+    import mlflow.keras
+    from mlflow.models import Model
+    from mlflow.models.model import MLMODEL_FILE_NAME
+
+    folder = root / KERAS_FOLDER
+    mlflow.keras.save_model(
+        model, str(folder), signature=signature, pip_requirements=KERAS_REQUIREMENTS
+    )
+    flavor = Model.load(str(folder / MLMODEL_FILE_NAME)).flavors["keras"]
+    mlflow_model.add_flavor("keras", **{**flavor, "data": f"{KERAS_FOLDER}/{flavor['data']}"})

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -45,6 +45,11 @@ log = logging.getLogger("mnistops.monitor")
 
 PENDING_LIMIT = 20_000
 """Recorded batches waiting to be shipped; beyond it they are counted and skipped."""
+SHIP_MAX_IMAGES = 256
+"""Most images in one ``Predictions`` message. Building and pickling a message holds the
+interpreter lock; a backlog shipped whole (10,000 batches, 30 MB, when the monitor process
+fell behind) held it for 70-130 ms and stalled every request. In slices it is let go in
+between, while a send waits for the monitor process to read."""
 TICK_SECONDS = 0.05
 STATUS_TIMEOUT_S = 5.0
 METRICS_TIMEOUT_S = 0.5
@@ -57,6 +62,17 @@ LINK_JOIN_S = 10.0
 STOPPED_WAIT_S = 15.0
 """How long ``stop`` waits for the monitor process to flush the prediction log."""
 PROCESS_JOIN_S = 5.0
+
+
+class _Recorded(NamedTuple):
+    """One model call's predictions, waiting to be shipped. A tuple, not a ``Predictions``:
+    thousands may wait, and each object the collector tracks lengthens its full passes."""
+
+    request_ids: Sequence[str]
+    pixels: np.ndarray
+    probabilities: np.ndarray
+    latency_s: float
+    model_version: str
 
 
 def _unknown_state() -> StatusReply:
@@ -104,7 +120,7 @@ class Monitor:
     def __init__(self, settings: Settings, bundle: ModelBundle) -> None:
         self.settings = settings
         self._bundle = bundle
-        self._pending: collections.deque[Predictions] = collections.deque()
+        self._pending: collections.deque[_Recorded] = collections.deque()
         self._send_lock = threading.Lock()
         self._replies = _Replies()
         self._stop = threading.Event()
@@ -182,7 +198,7 @@ class Monitor:
             metrics.OBSERVE_DROPPED.inc(len(pixels))
             return
         self._pending.append(
-            Predictions.of_call(request_ids, pixels, probabilities, latency_s, model_version)
+            _Recorded(request_ids, pixels, probabilities, latency_s, model_version)
         )
         self.feedback.remember(request_ids, probabilities)
 
@@ -190,8 +206,9 @@ class Monitor:
     def _run_link(self) -> None:
         while not self._stop.wait(TICK_SECONDS):
             self._restart_if_ended()
-            with self._send_lock:
-                self._ship_locked()
+            while self._pending and not self._stop.is_set():
+                with self._send_lock:  # let go between slices: a status question gets in
+                    self._ship_slice_locked()
 
     def _restart_if_ended(self) -> None:
         process = self._process
@@ -203,12 +220,18 @@ class Monitor:
             self._spawn()
 
     def _ship_locked(self) -> None:
-        parts: list[Predictions] = []
         while self._pending:
+            self._ship_slice_locked()
+
+    def _ship_slice_locked(self) -> None:
+        parts: list[_Recorded] = []
+        images = 0
+        while self._pending and images < SHIP_MAX_IMAGES:
             parts.append(self._pending.popleft())
+            images += len(parts[-1].request_ids)
         if not parts:
             return
-        batch = Predictions.concat(parts)
+        batch = Predictions.concat([Predictions.of_call(*part) for part in parts])
         if not self._send_locked(batch):
             metrics.OBSERVE_DROPPED.inc(len(batch))
 

@@ -14,8 +14,9 @@ from mnistops.config import Settings
 from mnistops.serve import routes, v2
 from mnistops.serve.batching import MicroBatcher
 from mnistops.serve.http import EXCEPTION_HANDLERS
-from mnistops.serve.limits import BodyLimitMiddleware
+from mnistops.serve.limits import BodyLimitMiddleware, SheddingMiddleware
 from mnistops.serve.metrics import MetricsMiddleware, record_batch
+from mnistops.serve.mlflow_protocol import router as mlflow_router
 from mnistops.serve.models import Loader, ModelSlot, load_predictor
 from mnistops.serve.runtime import MonitorHook, Runtime
 
@@ -51,9 +52,11 @@ def create_app(
     for router in (routes.router, v2.router, monitor_routes):
         if router is not None:
             app.include_router(router)
+    app.include_router(mlflow_router)  # /invocations, /ping, /health, /version
     if runtime.monitor is not None:
         app.add_middleware(MetricsMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SheddingMiddleware, max_in_flight=settings.max_in_flight)  # outermost
     return app
 
 

@@ -1,10 +1,12 @@
 """Request bodies to pixels: the one place where every route's input is checked.
 
 ``/predict`` takes JSON pixels, a multipart upload or a raw PNG/JPEG body; the Open
-Inference Protocol takes one tensor. Both become float32 ``[N, 784]`` in ``[0, 1]``
-here, and every refusal says what was wrong and what is accepted. The pydantic models
-in :mod:`mnistops.serve.schemas` document the same bodies in /docs; the scales come from
-there, and a unit test holds the datatypes here to the documented ones.
+Inference Protocol takes one tensor, in JSON or as raw bytes after a JSON header (the
+binary tensor data extension), whose checks are in :mod:`mnistops.serve.tensors`. Both
+become float32 ``[N, 784]`` in ``[0, 1]``, and every refusal says what was wrong and what
+is accepted. The pydantic models in :mod:`mnistops.serve.schemas` document the same
+bodies in /docs; the scales come from there, and a unit test holds the datatypes here to
+the documented ones.
 
 The checks are written on orjson and numpy rather than as pydantic validators: the
 refusals need their own statuses (413 for a batch over the limit) and to name what was
@@ -22,7 +24,6 @@ import orjson
 from fastapi import Request
 
 from mnistops.config import Settings
-from mnistops.features import IMAGE_PIXELS, IMAGE_SIDE
 from mnistops.imaging import (
     ACCEPTED_IMAGE_TYPES,
     JSON_NUMBERS,
@@ -34,6 +35,11 @@ from mnistops.serve import schemas
 from mnistops.serve.http import JSON
 from mnistops.serve.limits import read_body
 
+# DATATYPE_TOP and tensor_pixels are re-exported: every route's input is checked from here
+from mnistops.serve.tensors import DATATYPE_TOP as DATATYPE_TOP
+from mnistops.serve.tensors import HEADER_LENGTH, brief, parameters_of, raw_pixels
+from mnistops.serve.tensors import tensor_pixels as tensor_pixels
+
 MULTIPART = "multipart/form-data"
 UPLOAD_FIELD = "file"
 ACCEPTED_BODIES = (
@@ -41,15 +47,16 @@ ACCEPTED_BODIES = (
 )
 SCALES: tuple[str, ...] = get_args(schemas.Scale)
 """``scale`` of /predict: ``unit`` is [0, 1], ``byte`` is 0-255."""
+MAX_HEADER_DIGITS = 18
+"""A header length with more digits is over any body limit (and int() has a digit limit)."""
 
-INPUT_NAME = "pixels"
-"""The one input tensor of the Open Inference Protocol."""
-IMAGE_SHAPES = ([IMAGE_PIXELS], [IMAGE_SIDE, IMAGE_SIDE])
-"""A tensor's shape after its first (batch) dimension."""
-DATATYPE_TOP = {"UINT8": 255.0, "FP32": 1.0}
-"""Accepted tensor datatypes and the largest value of each (the smallest is 0)."""
-MAX_ID_CHARS = 64
-"""An inference request's ``id`` is cut to this length."""
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """An output a v2 request asks for, and whether as binary data."""
+
+    name: str
+    binary: bool
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,11 @@ class InferInputs:
     pixels: np.ndarray
     """float32 ``[N, 784]`` in ``[0, 1]``."""
     id: str | None
-    """The client's request id, if it sent one."""
+    """The client's request id exactly as sent, if it sent one."""
+    outputs: tuple[RequestedOutput, ...] | None = None
+    """The outputs asked for, in order; None for all of them."""
+    binary_output: bool = False
+    """Whether outputs not asked for by name come as binary data."""
 
 
 async def predict_pixels(request: Request, settings: Settings) -> np.ndarray:
@@ -129,70 +140,76 @@ async def _multipart_pixels(request: Request, settings: Settings) -> np.ndarray:
 
 
 async def infer_inputs(request: Request, settings: Settings) -> InferInputs:
-    """The pixels and id of an Open Inference Protocol infer request.
+    """The checked request of an Open Inference Protocol infer call.
+
+    The body is JSON, or a JSON header of ``Inference-Header-Content-Length`` bytes
+    followed by the input's raw bytes, or (that header being 0) one raw FP32 image.
 
     Raises:
-        InputError: the body is not JSON with one acceptable ``pixels`` tensor (400),
-            or is too large (413).
+        InputError: a compressed body (415), a body over the limit (413), or anything
+            but one acceptable ``pixels`` tensor (400).
     """
-    payload = _loads(await read_body(request, settings.max_body_bytes))
-    pixels = tensor_pixels(payload, settings.max_batch_images)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding != "identity":
+        raise InputError(f"Content-Encoding {encoding!r}: send the body uncompressed", 415)
+    body = await read_body(request, settings.max_body_bytes)
+    header = request.headers.get(HEADER_LENGTH)
+    if header is None:
+        return infer_request(_loads(body), b"", settings)
+    length = _header_length(header, len(body))
+    if length == 0:
+        return InferInputs(raw_pixels(body), None, binary_output=True)
+    view = memoryview(body)
+    return infer_request(_loads(view[:length]), view[length:], settings)
+
+
+def infer_request(payload: object, binary: bytes | memoryview, settings: Settings) -> InferInputs:
+    """Check a parsed infer request (and the bytes after its JSON header, if any)."""
+    pixels = tensor_pixels(payload, settings.max_batch_images, binary, settings.max_image_pixels)
     assert isinstance(payload, dict)  # tensor_pixels refuses anything else
     sent_id = payload.get("id")
-    return InferInputs(pixels, str(sent_id)[:MAX_ID_CHARS] if sent_id else None)
+    if sent_id is not None and not isinstance(sent_id, str):
+        raise InputError(f'"id" must be a string, got {brief(sent_id)}')
+    binary_output = _flag(parameters_of(payload, "request"), "binary_data_output", False)
+    outputs = _requested(payload.get("outputs"), binary_output)
+    return InferInputs(pixels, sent_id, outputs, binary_output)
 
 
-def tensor_pixels(payload: object, max_images: int) -> np.ndarray:
-    """Check an infer request's one tensor; return pixels ``[N, 784]`` float32 in [0, 1]."""
-    tensor = _one_tensor(payload)
-    datatype, shape = tensor.get("datatype"), tensor.get("shape")
-    if datatype not in DATATYPE_TOP:
-        raise InputError(f"datatype must be UINT8 (0-255) or FP32 ([0, 1]), got {datatype!r}")
-    if (
-        not isinstance(shape, list)
-        or not all(isinstance(d, int) for d in shape)
-        or shape[1:] not in IMAGE_SHAPES
+def _header_length(value: str, body_size: int) -> int:
+    if not (value.isascii() and value.isdigit() and len(value) <= MAX_HEADER_DIGITS):
+        raise InputError(f"{HEADER_LENGTH} must be a byte count, got {brief(value)}")
+    length = int(value)
+    if length > body_size:
+        raise InputError(f"{HEADER_LENGTH} is {length} but the body has {body_size} bytes")
+    return length
+
+
+def _requested(outputs: object, binary_output: bool) -> tuple[RequestedOutput, ...] | None:
+    """The outputs a request names (None: all), binary where asked or by default."""
+    if outputs is None or outputs == []:
+        return None
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
-        raise InputError(f"shape must be [N, 784] or [N, 28, 28], got {shape!r}")
-    if not 1 <= shape[0] <= max_images:
-        raise InputError(f"shape[0] (images) must be 1..{max_images}, got {shape[0]}")
-    values = _tensor_values(tensor.get("data"), shape)
-    return _in_range(values, datatype).reshape(shape[0], IMAGE_PIXELS)
+        raise InputError('"outputs" must be a list of {"name": ..., "parameters": {...}}')
+    requested = []
+    for output in outputs:
+        parameters = parameters_of(output, f"output {brief(output['name'])}")
+        if "classification" in parameters or "shared_memory_region" in parameters:
+            raise InputError("the classification and shared memory extensions are not supported")
+        binary = _flag(parameters, "binary_data", binary_output)
+        requested.append(RequestedOutput(output["name"], binary))
+    return tuple(requested)
 
 
-def _one_tensor(payload: object) -> dict[str, Any]:
-    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
-        raise InputError('send {"inputs": [{"name", "shape", "datatype", "data"}]}')
-    inputs = payload["inputs"]
-    if len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InputError(f"exactly one input tensor is accepted ({INPUT_NAME!r})")
-    tensor: dict[str, Any] = inputs[0]
-    return tensor
+def _flag(parameters: dict[str, Any], name: str, default: bool) -> bool:
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise InputError(f"parameter {name!r} must be true or false, got {brief(value)}")
+    return value
 
 
-def _tensor_values(data: object, shape: list[int]) -> np.ndarray:
-    images = shape[0]
-    try:
-        values = np.asarray(data, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"data must be a flat or nested list of numbers ({exc})") from exc
-    if values.size != images * IMAGE_PIXELS:
-        raise InputError(
-            f"data has {values.size} values; shape {shape} needs {images * IMAGE_PIXELS}"
-        )
-    return values
-
-
-def _in_range(values: np.ndarray, datatype: str) -> np.ndarray:
-    top = DATATYPE_TOP[datatype]
-    if not np.isfinite(values).all() or values.min() < 0 or values.max() > top:
-        raise InputError(f"{datatype} values must be finite and within [0, {top:g}]")
-    if datatype == "UINT8" and not np.array_equal(values, np.round(values)):
-        raise InputError("UINT8 values must be integers 0-255")
-    return (values / top).astype(np.float32)
-
-
-def _loads(body: bytes) -> Any:
+def _loads(body: bytes | memoryview) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

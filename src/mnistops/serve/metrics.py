@@ -45,6 +45,10 @@ REQUEST_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 IN_FLIGHT = Gauge("mnistops_requests_in_flight", "HTTP requests being answered now.")
+REQUESTS_SHED = Counter(
+    "mnistops_requests_shed",
+    "HTTP requests refused with 503 at once because MNISTOPS_MAX_IN_FLIGHT were being answered.",
+)
 BATCH_SIZE = Histogram(
     "mnistops_batch_size", "Images per onnxruntime call (micro-batching).", buckets=BATCH_BUCKETS
 )

@@ -10,8 +10,14 @@ from pydantic import BaseModel, Field
 Pixels = list[float] | list[list[float]]
 Scale = Literal["unit", "byte"]
 """The scales /predict accepts (``mnistops.serve.inputs`` checks against this list)."""
-Datatype = Literal["UINT8", "FP32"]
-"""The tensor datatypes v2 accepts (a unit test holds ``inputs.DATATYPE_TOP`` to it)."""
+Datatype = Literal[
+    "FP64", "FP32", "FP16", "UINT64", "UINT32", "UINT16", "UINT8", "INT64", "INT32", "INT16", "INT8"
+]
+"""The numeric tensor datatypes v2 accepts (a unit test holds ``inputs.DATATYPE_TOP`` to it)."""
+ImageDatatype = Literal["BYTES"]
+"""A v2 tensor of encoded PNG/JPEG images."""
+Parameters = dict[str, str | int | float | bool]
+"""The protocol's ``parameters``: names to a string, number or boolean."""
 
 
 class PredictRequest(BaseModel):
@@ -49,22 +55,50 @@ class ErrorResponse(BaseModel):
 
 
 class InferInput(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: Datatype
-    data: list[float] | list[list[float]] | list[list[list[float]]]
+    name: Literal["pixels"]
+    shape: list[int] = Field(
+        description="[N, 784] or [N, 28, 28] for numbers; [N] or [N, 1] for BYTES images."
+    )
+    datatype: Datatype | ImageDatatype = Field(
+        description="Integer datatypes carry pixels 0-255, floating-point ones [0, 1]; "
+        "BYTES carries PNG or JPEG files (base64 strings in JSON)."
+    )
+    parameters: Parameters | None = Field(
+        default=None,
+        description="binary_data_size: the tensor's bytes follow the JSON header "
+        "(binary tensor data extension); other parameters are ignored.",
+    )
+    data: list[float] | list[list[float]] | list[list[list[float]]] | list[str] | None = Field(
+        default=None, description="The values, flat or nested; absent when sent as binary."
+    )
+
+
+class RequestedOutput(BaseModel):
+    name: Literal["probabilities", "label"]
+    parameters: Parameters | None = Field(
+        default=None, description="binary_data: true to receive this output as binary."
+    )
 
 
 class InferRequest(BaseModel):
-    id: str | None = None
+    id: str | None = Field(default=None, description="Echoed in the response as sent.")
+    parameters: Parameters | None = Field(
+        default=None, description="binary_data_output: true to receive every output as binary."
+    )
     inputs: list[InferInput] = Field(min_length=1, max_length=1)
+    outputs: list[RequestedOutput] | None = Field(
+        default=None, description="The outputs to return (all of them when absent)."
+    )
 
 
 class InferOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[float] | list[int]
+    parameters: Parameters | None = Field(
+        default=None, description="binary_data_size when the output is sent as binary."
+    )
+    data: list[float] | list[int] | None = None
 
 
 class InferResponse(BaseModel):
@@ -78,6 +112,9 @@ class TensorMetadata(BaseModel):
     name: str
     datatype: str
     shape: list[int]
+    parameters: Parameters | None = Field(
+        default=None, description="What else is accepted: datatypes, shapes, scales."
+    )
 
 
 class ModelMetadata(BaseModel):

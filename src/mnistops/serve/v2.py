@@ -1,23 +1,68 @@
-"""The Open Inference Protocol (KServe v2) over HTTP: health, metadata, infer."""
+"""The Open Inference Protocol (KServe v2) over HTTP: health, metadata and infer, with
+Triton's binary tensor data extension (raw tensor bytes after a JSON header)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import numpy as np
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from mnistops import __version__
 from mnistops.errors import MnistopsError
-from mnistops.features import IMAGE_PIXELS, NUM_CLASSES
+from mnistops.features import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES
+from mnistops.imaging import InputError
 from mnistops.predictor import Predictor
 from mnistops.serve import schemas
-from mnistops.serve.http import ERROR_RESPONSES, JSON, json_response, new_request_id
-from mnistops.serve.inputs import INPUT_NAME, infer_inputs
+from mnistops.serve.http import (
+    ERROR_RESPONSES,
+    JSON,
+    REQUEST_ID_HEADER,
+    json_response,
+    new_request_id,
+)
+from mnistops.serve.inputs import InferInputs, RequestedOutput, infer_inputs
 from mnistops.serve.runtime import Runtime, RuntimeDep
+from mnistops.serve.tensors import (
+    BINARY_SIZE,
+    DTYPES,
+    HEADER_LENGTH,
+    IMAGE_DATATYPE,
+    INPUT_NAME,
+    brief,
+)
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["binary_tensor_data"]
+"""The protocol extensions served (listed in the server metadata)."""
+BINARY = "application/octet-stream"
+PROBABILITIES, LABEL = "probabilities", "label"
+OUTPUTS = {PROBABILITIES: ("FP32", [-1, NUM_CLASSES]), LABEL: ("INT64", [-1])}
+"""The model's outputs: datatype and shape."""
+KNOWN_OUTPUTS = ", ".join(repr(name) for name in OUTPUTS)
+ALL_OUTPUTS = {
+    binary: tuple(RequestedOutput(name, binary) for name in OUTPUTS) for binary in (False, True)
+}
+"""What a request that names no outputs gets, by whether it asks for binary data."""
+SAFE_ID = re.compile(r"[A-Za-z0-9._:+=@~-]{1,64}")
+"""A client's id that can be the X-Request-ID header and the prediction log's key as it is
+(at most 64 characters: the log keeps 80, and a batch adds ``-<index>`` to each image's)."""
+INPUT_METADATA = {
+    "name": INPUT_NAME,
+    "datatype": "FP32",
+    "shape": [-1, IMAGE_PIXELS],
+    "parameters": {
+        "datatypes": ",".join([*DTYPES, IMAGE_DATATYPE]),
+        "shapes": f"[-1,{IMAGE_PIXELS}] or [-1,{IMAGE_SIDE},{IMAGE_SIDE}]; BYTES: [-1] or [-1,1]",
+        "values": "integer datatypes 0-255, floating-point [0,1]; "
+        "BYTES: one PNG or JPEG file per element (base64 strings in JSON)",
+    },
+}
+"""The one input: the model's own type, and in ``parameters`` all that is accepted."""
 
 
 class UnknownModelError(MnistopsError):
@@ -37,8 +82,9 @@ async def ready(runtime: RuntimeDep) -> Response:
 
 
 @router.get("", response_model=schemas.ServerMetadata)
+@router.get("/", include_in_schema=False)  # the protocol's own document spells it /v2/
 async def server_metadata() -> Response:
-    return json_response({"name": "mnistops", "version": __version__, "extensions": []})
+    return json_response({"name": "mnistops", "version": __version__, "extensions": EXTENSIONS})
 
 
 def _named_predictor(runtime: Runtime, name: str, version: str | None = None) -> Predictor:
@@ -58,11 +104,8 @@ def _metadata(predictor: Predictor) -> dict[str, Any]:
         "name": predictor.name,
         "versions": [predictor.version],
         "platform": PLATFORM,
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, IMAGE_PIXELS]}],
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, NUM_CLASSES]},
-            {"name": "label", "datatype": "INT64", "shape": [-1]},
-        ],
+        "inputs": [INPUT_METADATA],
+        "outputs": [{"name": n, "datatype": d, "shape": s} for n, (d, s) in OUTPUTS.items()],
     }
 
 
@@ -97,32 +140,83 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     runtime: Runtime = request.app.state.runtime
     _named_predictor(runtime, name, version)
     inputs = await infer_inputs(request, runtime.settings)
-    request_id = inputs.id or new_request_id()
+    wanted = _wanted(inputs)
+    sent = inputs.id
+    # the id goes back as sent; the header and the log get it only if it is a safe token
+    request_id = sent if sent is not None and SAFE_ID.fullmatch(sent) else new_request_id()
     predictor, probs = await runtime.predict(inputs.pixels, request_id)
-    count = len(probs)
-    outputs = [
-        {
-            "name": "probabilities",
-            "shape": [count, NUM_CLASSES],
-            "datatype": "FP32",
-            "data": probs.reshape(-1).tolist(),
-        },
-        {"name": "label", "shape": [count], "datatype": "INT64", "data": probs.argmax(1).tolist()},
-    ]
+    outputs, chunks = _outputs(wanted, probs)
     answer = {
         "model_name": predictor.name,
         "model_version": predictor.version,
-        "id": request_id,
+        "id": request_id if sent is None else sent,
         "outputs": outputs,
     }
-    return json_response(answer, request_id=request_id)
+    if not chunks:
+        return json_response(answer, request_id=request_id)
+    return _binary_response(answer, chunks, request_id)
 
 
-_INFER_BODY = {
+def _binary_response(answer: dict[str, Any], chunks: list[bytes], request_id: str) -> Response:
+    """The JSON header, then the outputs' bytes; the header's length in its own header."""
+    header = orjson.dumps(answer)
+    headers = {HEADER_LENGTH: str(len(header)), REQUEST_ID_HEADER: request_id}
+    return Response(b"".join([header, *chunks]), headers=headers, media_type=BINARY)
+
+
+def _wanted(inputs: InferInputs) -> tuple[RequestedOutput, ...]:
+    """The outputs to answer with, in order; refuses a name the model does not have."""
+    if inputs.outputs is None:
+        return ALL_OUTPUTS[inputs.binary_output]
+    for output in inputs.outputs:
+        if output.name not in OUTPUTS:
+            raise InputError(
+                f"unknown output {brief(output.name)}: the outputs are {KNOWN_OUTPUTS}"
+            )
+    return inputs.outputs
+
+
+def _outputs(
+    wanted: tuple[RequestedOutput, ...], probs: np.ndarray
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The response's outputs, and the bytes of those sent as binary data, in order."""
+    described, chunks = [], []
+    for output in wanted:
+        tensor = probs if output.name == PROBABILITIES else probs.argmax(axis=1)
+        datatype = OUTPUTS[output.name][0]
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "shape": [*tensor.shape],
+            "datatype": datatype,
+        }
+        if output.binary:
+            chunk = tensor.astype(DTYPES[datatype], copy=False).tobytes()
+            entry["parameters"] = {BINARY_SIZE: len(chunk)}
+            chunks.append(chunk)
+        else:
+            entry["data"] = tensor.reshape(-1).tolist()
+        described.append(entry)
+    return described, chunks
+
+
+_INFER_BODY: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": HEADER_LENGTH,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 0},
+            "description": "Binary tensor data: the JSON header's length in bytes; the "
+            f"input's bytes follow it ({BINARY_SIZE}). 0: the body is one raw FP32 image.",
+        }
+    ],
     "requestBody": {
         "required": True,
-        "content": {JSON: {"schema": schemas.InferRequest.model_json_schema()}},
-    }
+        "content": {
+            JSON: {"schema": schemas.InferRequest.model_json_schema()},
+            BINARY: {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
 }
 
 

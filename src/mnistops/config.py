@@ -53,10 +53,11 @@ class Settings(BaseSettings):
     that a client that sends its whole body before reading sees the 413)."""
     max_header_bytes: int = Field(default=32 << 10, ge=1024)
     """Largest request line and headers together (431 and the connection closed above)."""
-    max_in_flight: int = Field(default=64, ge=0)
+    max_in_flight: int = Field(default=128, ge=0)
     """Requests answered at once, waiting for the model included; past it a request gets
     503 with Retry-After at once (load shedding). Health and /metrics are never shed; 0
-    turns shedding off."""
+    turns shedding off. Two full batches queued: about 20 ms of work on 2 cores. Under a
+    flood at c=256 it kept 90 % of the throughput (64 kept 60 %: answering 503s costs)."""
     max_connections: int = Field(default=4096, ge=1)
     """Open connections the server keeps (uvicorn's limit_concurrency); past it every
     request is answered 503 and its connection closed: a backstop for descriptors."""

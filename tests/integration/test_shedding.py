@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -32,10 +33,10 @@ FLOODS = ((256, 2), (1024, 3))
 """(connections, seconds) of each wrk run: about 5 s of load in all."""
 PROBES = 4
 READS_A_BODY = ("/predict", "/v2/models/mnist-classifier/infer", "/feedback", "/noop")
-ACCEPTED_P99_S = 1.0
-"""Bound on the p99 of accepted requests under the flood. Measured 0.1-0.3 s on a busy
-2-core machine; without shedding the queue grows with the connections (0.55 s at c=1024,
-seconds at its maximum)."""
+ACCEPTED_P99_S = 0.5
+"""Bound on the p99 of accepted requests under the flood, as a client sending one request
+at a time sees it: measured 42-51 ms at c=256 and 65-84 ms at c=1024 on a 2-core machine
+(57 ms and 105-165 ms without shedding); the bound leaves room for a busy CI machine."""
 RESULT = "shed-result "
 # wrk, one thread: POSTs the body, counts answers by status; done() prints them as JSON.
 SCRIPT = r"""
@@ -123,7 +124,7 @@ def flood(url: str, body: Path, connections: int, seconds: int, folder: Path) ->
     script = folder / "shed.lua"
     script.write_text(SCRIPT)
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
-    env = {"SHED_BODY": str(body), "SHED_RESULT": RESULT, "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "SHED_BODY": str(body), "SHED_RESULT": RESULT}
     done = subprocess.run(
         [*argv, "-s", str(script), url], env=env, capture_output=True, text=True, check=False
     )

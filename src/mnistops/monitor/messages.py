@@ -7,12 +7,25 @@ Monitor process to server: ``StatusReply``, ``Stopped``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+
+
+class ModelCall(NamedTuple):
+    """One model call's predictions, as recorded on the request path. A tuple, not a
+    ``Predictions``: thousands may wait to be shipped, and each object the collector
+    tracks lengthens its full passes."""
+
+    request_ids: Sequence[str]
+    pixels: np.ndarray
+    probabilities: np.ndarray
+    latency_s: float
+    model_version: str
 
 
 # eq=False: the fields hold numpy arrays, whose == is elementwise, not a bool
@@ -44,14 +57,16 @@ class Predictions:
         return cls(request_ids, pixels, probabilities, [latency_s] * n, [model_version] * n)
 
     @classmethod
-    def concat(cls, parts: Sequence[Predictions]) -> Predictions:
-        """One message for several batches, in order (``parts`` must not be empty)."""
+    def of_calls(cls, calls: Sequence[ModelCall]) -> Predictions:
+        """One message for several model calls, in order (``calls`` must not be empty),
+        built with little Python per image: the link thread holds the interpreter lock."""
+        counts = [len(c.request_ids) for c in calls]
         return cls(
-            [rid for p in parts for rid in p.request_ids],
-            np.concatenate([p.pixels for p in parts]),
-            np.concatenate([p.probabilities for p in parts]),
-            [s for p in parts for s in p.latencies_s],
-            [v for p in parts for v in p.model_versions],
+            list(itertools.chain.from_iterable(c.request_ids for c in calls)),
+            np.concatenate([c.pixels for c in calls]),
+            np.concatenate([c.probabilities for c in calls]),
+            np.repeat([c.latency_s for c in calls], counts).tolist(),
+            [c.model_version for c, n in zip(calls, counts, strict=True) for _ in range(n)],
         )
 
 

@@ -160,7 +160,7 @@ class BodyLimitMiddleware:
 class _BodyGuard:
     """Wraps one request's receive and send: counts the body as the app reads it, raises
     :class:`BodyTooLargeError` past the limit, and from then on swallows the app's answer
-    (the middleware sends the 413)."""
+    (the middleware sends the 413) unless the app had begun it."""
 
     def __init__(self, receive: Receive, send: Send, max_bytes: int) -> None:
         self._receive, self._send = receive, send
@@ -179,9 +179,9 @@ class _BodyGuard:
         return message
 
     async def send(self, message: Message) -> None:
-        if self.over:
+        if self.over and not self.started:
             return
-        self.started = True
+        self.started = True  # an answer begun before the limit was passed is let through
         await self._send(message)
 
 

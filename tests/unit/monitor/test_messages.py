@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mnistops.monitor.messages import (
+    ModelCall,
     Predictions,
     StatusReply,
     StatusRequest,
@@ -67,10 +68,20 @@ def test_predictions_of_one_call_share_latency_and_version() -> None:
     assert list(batch.model_versions) == ["3", "3"]
 
 
-def test_concatenated_predictions_keep_their_order_and_each_call_its_fields() -> None:
+def _call(batch: Predictions) -> ModelCall:
+    return ModelCall(
+        batch.request_ids,
+        batch.pixels,
+        batch.probabilities,
+        batch.latencies_s[0],
+        batch.model_versions[0],
+    )
+
+
+def test_joined_calls_keep_their_order_and_each_call_its_fields() -> None:
     first = traffic(seed=1, n=2, version="1")
     second = traffic(seed=2, n=3, version="2")
-    joined = Predictions.concat([first, second])
+    joined = Predictions.of_calls([_call(first), _call(second)])
     assert list(joined.request_ids) == [*first.request_ids, *second.request_ids]
     assert joined.pixels.shape == (5, 784) and joined.probabilities.shape == (5, 10)
     np.testing.assert_array_equal(joined.pixels[2:], second.pixels)

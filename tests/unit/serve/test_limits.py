@@ -1,17 +1,21 @@
-"""The request limits in process: load shedding past max_in_flight, and the body limit of
-every route (Content-Length and chunked), the refused body drained before the 413."""
+"""The request limits in process: load shedding past max_in_flight, the body limit of every
+route (Content-Length and chunked), the refused body drained before the 413, and the limit
+on a request's head in the HTTP protocol."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.server import ServerState
 
 from mnistops.monitor.http import monitor_router
 from mnistops.serve.limits import (
@@ -21,6 +25,7 @@ from mnistops.serve.limits import (
     BodyLimitMiddleware,
     SheddingMiddleware,
 )
+from mnistops.serve.server import BoundedHeadProtocol
 from tests.unit.serve.conftest import started_client
 
 pytestmark = [pytest.mark.unit, pytest.mark.anyio]
@@ -220,3 +225,57 @@ async def test_a_chunked_body_is_drained_after_the_limit_up_to_the_bound() -> No
     endless = ScriptedReceive([b"x" * LIMIT] * (3 * DRAIN_FACTOR))
     await middleware(_scope([(b"transfer-encoding", b"chunked")]), endless, send)
     assert endless.asked == DRAIN_FACTOR  # the limit, then the rest up to the bound
+
+
+class RecordingTransport(asyncio.Transport):
+    """What the HTTP protocol writes, and whether it closed the connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _protocol(head_limit: int) -> tuple[BoundedHeadProtocol, RecordingTransport]:
+    config = uvicorn.Config(
+        BodyReader(), http=BoundedHeadProtocol, h11_max_incomplete_event_size=head_limit
+    )
+    protocol = BoundedHeadProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def test_a_request_head_past_the_limit_is_answered_431_and_closed() -> None:
+    protocol, transport = _protocol(head_limit=LIMIT)
+    protocol.data_received(b"GET / HTTP/1.1\r\nX-Big: ")
+    assert not transport.closed  # incomplete, within the limit: wait for the rest
+    protocol.data_received(b"a" * LIMIT)
+    assert transport.closed
+    assert transport.written.startswith(b"HTTP/1.1 431 ")
+    assert f"at most {LIMIT} bytes".encode() in transport.written
+
+
+async def test_a_body_read_with_its_head_does_not_count_against_the_head_limit() -> None:
+    protocol, transport = _protocol(head_limit=LIMIT)
+    body = b"x" * (4 * LIMIT)
+    protocol.data_received(b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    with anyio.fail_after(2):
+        while not transport.written:
+            await anyio.sleep(0.001)
+    assert transport.written.startswith(b"HTTP/1.1 200 ") and not transport.closed

@@ -26,6 +26,9 @@ ONNX_FILE = "model.onnx"
 REFERENCE_FILE = "reference.npz"
 METADATA_FILE = "metadata.json"
 BUNDLE_FILES = (ONNX_FILE, REFERENCE_FILE, METADATA_FILE)
+OUTPUT_NAME = "probabilities"
+"""The ONNX graph's output, whatever the recipe: metadata.json and MLflow's answers
+(``{"predictions": {OUTPUT_NAME: [[...], ...]}}``) carry this name."""
 
 
 class BundleError(MnistopsError):

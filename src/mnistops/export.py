@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mnistops.bundle import OUTPUT_NAME
 from mnistops.errors import MnistopsError
 from mnistops.features import IMAGE_PIXELS
 
@@ -53,13 +54,25 @@ def export_onnx(model: Any, onnx_path: Path) -> None:
             model.export(str(raw), format="onnx", verbose=False)
         except Exception as exc:
             raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
-        _save_single_file(_fix_pooling(_load(raw)), onnx_path)
+        _save_single_file(_name_output(_fix_pooling(_load(raw))), onnx_path)
 
 
 def _load(path: Path) -> Any:
     import onnx
 
     return onnx.load(str(path), load_external_data=True)
+
+
+def _name_output(model: Any) -> Any:
+    """Rename the graph's one output to :data:`OUTPUT_NAME` (the numbers are untouched):
+    jax2onnx names it after its last operation (``softmax_out_0``), a recipe's internals."""
+    (output,) = model.graph.output
+    old = output.name
+    for node in model.graph.node:
+        node.input[:] = [OUTPUT_NAME if name == old else name for name in node.input]
+        node.output[:] = [OUTPUT_NAME if name == old else name for name in node.output]
+    output.name = OUTPUT_NAME
+    return model
 
 
 def _save_single_file(model: Any, path: Path) -> None:

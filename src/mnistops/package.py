@@ -22,6 +22,7 @@ import numpy as np
 from mnistops.bundle import (
     BUNDLE_FILES,
     ONNX_FILE,
+    OUTPUT_NAME,
     REFERENCE_FILE,
     ReferenceProfile,
     write_metadata,
@@ -35,10 +36,6 @@ PARITY_IMAGES = 2000
 PARITY_TOLERANCE = 1e-4
 """Largest absolute difference of probabilities allowed between ONNX and Keras."""
 INPUT_NAME = "pixels"
-OUTPUT_NAME = "probabilities"
-"""The ONNX graph's output, as metadata.json names it. MLflow's ONNX flavour answers
-``{"predictions": {OUTPUT_NAME: [[...], ...]}}``, and jax2onnx names the output after its
-last operation (``softmax_out_0``), which would put a recipe's internals in the answer."""
 KERAS_FOLDER = "keras"
 """The Keras model inside a version: an MLflow Keras model of its own."""
 KERAS_REQUIREMENTS = ["keras", "jax", "numpy"]
@@ -117,7 +114,6 @@ def _export_and_check(
     import mlflow
 
     export_onnx(model, bundle / ONNX_FILE)
-    _name_output(bundle / ONNX_FILE)
     onnx_probs = onnx_probabilities(bundle / ONNX_FILE, x_test[:PARITY_IMAGES])
     diff = float(np.max(np.abs(onnx_probs - test_probs[:PARITY_IMAGES])))
     mlflow.log_metric("onnx_max_abs_diff", diff)
@@ -134,23 +130,6 @@ def _write_reference(bundle: Path, x_val: np.ndarray, y_val: np.ndarray) -> None
         probabilities=onnx_probabilities(bundle / ONNX_FILE, x_val),
         labels=y_val,
     ).save(bundle / REFERENCE_FILE)
-
-
-def _name_output(onnx_path: Path) -> None:
-    """Rename the graph's one output to :data:`OUTPUT_NAME` (the numbers are untouched)."""
-    import onnx
-
-    proto = onnx.load(str(onnx_path))
-    (output,) = proto.graph.output
-    old = output.name
-    if old == OUTPUT_NAME:
-        return
-    for node in proto.graph.node:
-        node.input[:] = [OUTPUT_NAME if name == old else name for name in node.input]
-        node.output[:] = [OUTPUT_NAME if name == old else name for name in node.output]
-    output.name = OUTPUT_NAME
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(onnx_path))
 
 
 def _log_and_register(settings: Settings, model: Any, example: np.ndarray, bundle: Path) -> str:

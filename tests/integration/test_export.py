@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnistops.bundle import OUTPUT_NAME
 from mnistops.data import Mnist
 from mnistops.export import export_onnx, onnx_probabilities
 from mnistops.model import MODELS, build_model
@@ -30,6 +31,9 @@ def test_every_recipe_exports_with_parity(name: str, mnist: Mnist, tmp_path: Pat
     export_onnx(model, onnx_path)
 
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"], "weights left in a side file"
+    import onnx
+
+    assert [o.name for o in onnx.load(str(onnx_path)).graph.output] == [OUTPUT_NAME]
     onnx_probs = onnx_probabilities(onnx_path, pixels)
     assert onnx_probs.shape == (PARITY_DIGITS, 10)
     assert np.max(np.abs(onnx_probs - keras_probs)) <= PARITY_TOLERANCE

@@ -33,6 +33,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from mnistops import __version__
+from mnistops.bundle import OUTPUT_NAME
 from mnistops.features import IMAGE_PIXELS, IMAGE_SIDE
 from mnistops.imaging import JSON_NUMBERS, InputError
 from mnistops.serve.http import ERROR_RESPONSES, JSON, json_response, new_request_id
@@ -47,8 +48,6 @@ INPUT_FIELDS = TENSOR_FIELDS + FRAME_FIELDS
 """MLflow's input fields; a request carries exactly one."""
 SPLIT_KEYS = frozenset({"columns", "data", "index"})
 PREDICTIONS = "predictions"
-OUTPUT_NAME = "probabilities"
-"""The model's output, as the registered ONNX graph names it (``package.OUTPUT_NAME``)."""
 TENSOR_SHAPES = ((IMAGE_PIXELS,), (IMAGE_SIDE, IMAGE_SIDE))
 """An image of ``inputs`` or ``instances``."""
 FRAME_SHAPES = ((IMAGE_PIXELS,), (1, IMAGE_PIXELS))

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 LOCK = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev install-ui lock run ui test test-unit test-slow lint bench stress image stack clean help
+.PHONY: install install-dev install-ui lock proto run ui test test-unit test-slow lint bench stress image stack clean help
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,6 +34,11 @@ lock:  ## Re-resolve requirements/*.txt from pyproject.toml (PyPI, Python 3.11-3
 	$(LOCK) --extra train -o requirements/run.txt
 	$(LOCK) --extra train --extra ui -o requirements/ui.txt
 	$(LOCK) --extra dev -o requirements/dev.txt
+
+PROTOCOL := src/mnistops/serve/protocol
+proto: install-dev  ## Recompile the Open Inference Protocol's gRPC descriptor set from its proto
+	cd $(PROTOCOL) && ../../../../$(BIN)/python -m grpc_tools.protoc -I. \
+		--descriptor_set_out=open_inference_grpc.binpb open_inference_grpc.proto
 
 run: install  ## Fetch MNIST, train a champion if there is none, serve it
 	$(BIN)/mnistops run

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     """Address the server binds to."""
     port: int = Field(default=8000, validation_alias=AliasChoices("MNISTOPS_PORT", "PORT"))
     """Port the server listens on (MNISTOPS_PORT, or PORT as Cloud Run sets it)."""
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """Port of the Open Inference Protocol over gRPC, on ``host`` (8001, as Triton's; 0
+    turns gRPC off)."""
     max_body_bytes: int = 1 << 20
     """Largest request body accepted on any route, with a Content-Length or chunked (413
     above; an over-limit body of up to four times this is read and discarded first, so

@@ -30,6 +30,8 @@ class RunningServer:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    grpc_port: int
+    """The Open Inference Protocol's gRPC port (0 when the test turned gRPC off)."""
     _clients: list[httpx.Client] = field(default_factory=list)
 
     def log(self) -> str:
@@ -82,12 +84,16 @@ def run_command(
         "MNISTOPS_HOME": str(home),
         "MNISTOPS_PORT": str(port),
         "MNISTOPS_RELOAD_INTERVAL_S": "0",
+        # a free port of its own: servers of several tests may be up at once
+        "MNISTOPS_GRPC_PORT": str(servers.free_port()),
         **(env or {}),
     }
     command = [sys.executable, "-m", "mnistops", *args]
     url = f"http://{LOOPBACK}:{port}"
     with servers.serving(command, environment, log_path, _ready(url), ready_timeout) as server:
-        running = RunningServer(url, server.process, log_path)
+        running = RunningServer(
+            url, server.process, log_path, int(environment["MNISTOPS_GRPC_PORT"])
+        )
         try:
             yield running
         finally:

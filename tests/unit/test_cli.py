@@ -107,6 +107,16 @@ def test_serve_on_a_taken_port_is_one_line(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in line
 
 
+def test_serve_on_a_taken_grpc_port_is_one_line(tmp_path: Path, free_port: int) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        grpc_port = taken.getsockname()[1]
+        command = ["serve", "--model", str(tmp_path), "--port", str(free_port)]
+        line = one_line_error(runner.invoke(app, [*command, "--grpc-port", str(grpc_port)]))
+    assert f"cannot listen on 127.0.0.1:{grpc_port}" in line and "MNISTOPS_GRPC_PORT" in line
+
+
 def test_report_without_a_prediction_log_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,12 +30,22 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port to listen on.", show_default=shown_default("port"))
     ] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Port of the Open Inference Protocol over gRPC (0: off).",
+            show_default=shown_default("grpc_port"),
+        ),
+    ] = None,
 ) -> None:
-    """Serve a model over HTTP: /predict, the Open Inference Protocol v2, /metrics, the page."""
+    """Serve a model: /predict, the Open Inference Protocol (HTTP and gRPC), the MLflow
+    scoring protocol, /metrics, the page."""
     from mnistops.config import load_settings
     from mnistops.serve.server import serve as run_server
 
-    run_server(load_settings(model_uri=model, host=host, port=port))
+    run_server(load_settings(model_uri=model, host=host, port=port, grpc_port=grpc_port))
 
 
 def predict(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Annotated, Protocol
 
 import numpy as np
@@ -67,6 +67,7 @@ class Runtime:
         self.batcher = batcher
         self.ready = False
         """False until started, and again from the moment shutdown begins."""
+        self._finish_first: list[Awaitable[None]] = []
 
     async def start(self) -> None:
         """Start batching, monitoring and registry polling; then report ready."""
@@ -77,9 +78,15 @@ class Runtime:
         self.slot.start_polling()
         self.ready = True
 
+    def finish_before_stop(self, draining: Awaitable[None]) -> None:
+        """Have :meth:`stop` wait for ``draining`` (another endpoint's drain) first."""
+        self._finish_first.append(draining)
+
     async def stop(self) -> None:
         """Report not ready, then stop what :meth:`start` started (requests drain first)."""
         self.ready = False
+        while self._finish_first:
+            await self._finish_first.pop()
         await self.slot.stop_polling()
         if self.batcher is not None:
             await self.batcher.stop()

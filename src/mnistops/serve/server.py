@@ -10,7 +10,7 @@ import logging
 import resource
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import uvicorn
@@ -23,6 +23,10 @@ from mnistops.config import Settings
 from mnistops.errors import MnistopsError
 from mnistops.predictor import Predictor
 from mnistops.serve.app import create_app  # this module runs the process: the one caller
+from mnistops.serve.runtime import Runtime
+
+if TYPE_CHECKING:
+    from mnistops.serve.grpc_api import GrpcServer
 
 log = logging.getLogger("mnistops.serve")
 
@@ -31,7 +35,7 @@ class ServeError(MnistopsError):
     """The server cannot listen where it was told to."""
 
 
-def check_address(host: str, port: int) -> None:
+def check_address(host: str, port: int, option: str = "--port") -> None:
     """Fail before loading anything when ``host:port`` cannot be listened on.
 
     Raises:
@@ -45,7 +49,7 @@ def check_address(host: str, port: int) -> None:
         except OSError as exc:
             raise ServeError(
                 f"cannot listen on {host}:{port} ({exc.strerror}); "
-                "choose a free --port and an address of this machine as --host"
+                f"choose a free {option} and an address of this machine as --host"
             ) from exc
 
 
@@ -119,22 +123,43 @@ def serve(settings: Settings) -> None:
         ServeError: the address cannot be listened on.
     """
     check_address(settings.host, settings.port)
+    if settings.grpc_port:
+        check_address(settings.host, settings.grpc_port, "MNISTOPS_GRPC_PORT")
     started = time.perf_counter()
     app = create_app(settings)
     server = _draining_server(app, settings)
     loaded_in = time.perf_counter() - started
     print(_banner(app.state.runtime.slot.current, settings, loaded_in), flush=True)
     server.run()
+    if server.failure is not None:
+        raise server.failure
 
 
 def _draining_server(app: FastAPI, settings: Settings) -> Any:
     """A uvicorn server whose SIGTERM turns readiness off first and ends in exit 0."""
     runtime = app.state.runtime
+    grpc_server = _grpc_server(runtime, settings)
 
     class DrainingServer(uvicorn.Server):
+        failure: MnistopsError | None = None
+        """Why the server stopped as soon as it started (the gRPC port was taken)."""
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             _freeze_heap()
             await super().startup(sockets)
+            if grpc_server is None or self.should_exit:
+                return
+            try:
+                await grpc_server.start()
+            except MnistopsError as exc:
+                self.failure, self.should_exit = exc, True
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if grpc_server is not None:
+                # gRPC drains beside HTTP; the model and monitor stop after both
+                draining = asyncio.ensure_future(grpc_server.stop(settings.grace_period_s))
+                runtime.finish_before_stop(draining)
+            await super().shutdown(sockets)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             runtime.ready = False  # readiness probes fail from this moment
@@ -160,6 +185,15 @@ def _draining_server(app: FastAPI, settings: Settings) -> Any:
         h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     return DrainingServer(config)
+
+
+def _grpc_server(runtime: Runtime, settings: Settings) -> GrpcServer | None:
+    """The Open Inference Protocol's gRPC endpoint, unless ``grpc_port`` is 0."""
+    if not settings.grpc_port:
+        return None
+    from mnistops.serve.grpc_api import GrpcServer
+
+    return GrpcServer(runtime, settings)
 
 
 def _freeze_heap() -> None:
@@ -194,6 +228,7 @@ def _banner(predictor: Predictor, settings: Settings, load_seconds: float) -> st
         f"  page     {url}/\n"
         f"  API docs {url}/docs\n"
         f"  metrics  {url}/metrics"
+        + (f"\n  gRPC     {settings.host}:{settings.grpc_port}" if settings.grpc_port else "")
     )
 
 

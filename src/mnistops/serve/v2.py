@@ -51,16 +51,17 @@ ALL_OUTPUTS = {
 SAFE_ID = re.compile(r"[A-Za-z0-9._:+=@~-]{1,64}")
 """A client's id that can be the X-Request-ID header and the prediction log's key as it is
 (at most 64 characters: the log keeps 80, and a batch adds ``-<index>`` to each image's)."""
+INPUT_PARAMETERS = {
+    "datatypes": ",".join([*DTYPES, IMAGE_DATATYPE]),
+    "shapes": f"[-1,{IMAGE_PIXELS}] or [-1,{IMAGE_SIDE},{IMAGE_SIDE}]; BYTES: [-1] or [-1,1]",
+    "values": "integer datatypes 0-255, floating-point [0,1]; "
+    "BYTES: one PNG or JPEG file per element (base64 strings in JSON)",
+}
 INPUT_METADATA = {
     "name": INPUT_NAME,
     "datatype": "FP32",
     "shape": [-1, IMAGE_PIXELS],
-    "parameters": {
-        "datatypes": ",".join([*DTYPES, IMAGE_DATATYPE]),
-        "shapes": f"[-1,{IMAGE_PIXELS}] or [-1,{IMAGE_SIDE},{IMAGE_SIDE}]; BYTES: [-1] or [-1,1]",
-        "values": "integer datatypes 0-255, floating-point [0,1]; "
-        "BYTES: one PNG or JPEG file per element (base64 strings in JSON)",
-    },
+    "parameters": INPUT_PARAMETERS,
 }
 """The one input: the model's own type, and in ``parameters`` all that is accepted."""
 
@@ -87,7 +88,7 @@ async def server_metadata() -> Response:
     return json_response({"name": "mnistops", "version": __version__, "extensions": EXTENSIONS})
 
 
-def _named_predictor(runtime: Runtime, name: str, version: str | None = None) -> Predictor:
+def named_predictor(runtime: Runtime, name: str, version: str | None = None) -> Predictor:
     """The current predictor, if it is the model (and version) a path names."""
     predictor = runtime.slot.current
     if name != predictor.name:
@@ -99,7 +100,7 @@ def _named_predictor(runtime: Runtime, name: str, version: str | None = None) ->
     return predictor
 
 
-def _metadata(predictor: Predictor) -> dict[str, Any]:
+def metadata_of(predictor: Predictor) -> dict[str, Any]:
     return {
         "name": predictor.name,
         "versions": [predictor.version],
@@ -111,7 +112,7 @@ def _metadata(predictor: Predictor) -> dict[str, Any]:
 
 @router.get("/models/{name}", response_model=schemas.ModelMetadata, responses=ERROR_RESPONSES)
 async def model_metadata(name: str, runtime: RuntimeDep) -> Response:
-    return json_response(_metadata(_named_predictor(runtime, name)))
+    return json_response(metadata_of(named_predictor(runtime, name)))
 
 
 @router.get(
@@ -120,32 +121,31 @@ async def model_metadata(name: str, runtime: RuntimeDep) -> Response:
     responses=ERROR_RESPONSES,
 )
 async def version_metadata(name: str, version: str, runtime: RuntimeDep) -> Response:
-    return json_response(_metadata(_named_predictor(runtime, name, version)))
+    return json_response(metadata_of(named_predictor(runtime, name, version)))
 
 
 @router.get("/models/{name}/ready", responses=ERROR_RESPONSES)
 async def model_ready(name: str, runtime: RuntimeDep) -> Response:
-    _named_predictor(runtime, name)
+    named_predictor(runtime, name)
     return json_response({"name": name, "ready": runtime.ready}, 200 if runtime.ready else 503)
 
 
 @router.get("/models/{name}/versions/{version}/ready", responses=ERROR_RESPONSES)
 async def version_ready(name: str, version: str, runtime: RuntimeDep) -> Response:
-    _named_predictor(runtime, name, version)
+    named_predictor(runtime, name, version)
     return json_response({"name": name, "ready": runtime.ready}, 200 if runtime.ready else 503)
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     # the runtime straight from app.state, as /predict does: no dependency on the hot path
     runtime: Runtime = request.app.state.runtime
-    _named_predictor(runtime, name, version)
+    named_predictor(runtime, name, version)
     inputs = await infer_inputs(request, runtime.settings)
-    wanted = _wanted(inputs)
+    wanted = wanted_outputs(inputs)
     sent = inputs.id
-    # the id goes back as sent; the header and the log get it only if it is a safe token
-    request_id = sent if sent is not None and SAFE_ID.fullmatch(sent) else new_request_id()
+    request_id = log_id(sent)
     predictor, probs = await runtime.predict(inputs.pixels, request_id)
-    outputs, chunks = _outputs(wanted, probs)
+    outputs, chunks = output_tensors(wanted, probs)
     answer = {
         "model_name": predictor.name,
         "model_version": predictor.version,
@@ -164,7 +164,13 @@ def _binary_response(answer: dict[str, Any], chunks: list[bytes], request_id: st
     return Response(b"".join([header, *chunks]), headers=headers, media_type=BINARY)
 
 
-def _wanted(inputs: InferInputs) -> tuple[RequestedOutput, ...]:
+def log_id(sent: str | None) -> str:
+    """The id a request is logged (and headed) under: the client's, when it is a safe token.
+    Whatever it is, the id goes back to the client as sent."""
+    return sent if sent is not None and SAFE_ID.fullmatch(sent) else new_request_id()
+
+
+def wanted_outputs(inputs: InferInputs) -> tuple[RequestedOutput, ...]:
     """The outputs to answer with, in order; refuses a name the model does not have."""
     if inputs.outputs is None:
         return ALL_OUTPUTS[inputs.binary_output]
@@ -176,7 +182,7 @@ def _wanted(inputs: InferInputs) -> tuple[RequestedOutput, ...]:
     return inputs.outputs
 
 
-def _outputs(
+def output_tensors(
     wanted: tuple[RequestedOutput, ...], probs: np.ndarray
 ) -> tuple[list[dict[str, Any]], list[bytes]]:
     """The response's outputs, and the bytes of those sent as binary data, in order."""

@@ -1,4 +1,5 @@
-"""HTTP load with wrk: POSTs of JSON bodies; figures read from JSON printed by a Lua done() hook."""
+"""HTTP load with wrk: POSTs of JSON (or binary) bodies; figures read from JSON printed by a Lua
+done() hook."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import statistics
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import PIPE
@@ -17,14 +18,26 @@ WRK = "wrk"
 WRK_TIMEOUT = "10s"  # a request slower than this counts as a timeout error
 RESULT_PREFIX = "bench-result "
 """Starts the line that the done() hook prints; the rest of the output is wrk's own summary."""
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 # One thread of wrk, reading its inputs from the environment. One body is sent as is;
-# several are sent in turn (request() formats each). The JSON fields are what Load needs.
+# several are sent in turn (request() formats each). Bodies are lines of the bodies file,
+# hex-encoded when they are binary; headers are "Name: value" lines of their own file.
+# The JSON fields are what Load needs.
 SCRIPT = r"""
+local hex = os.getenv("BENCH_HEX") == "1"
 local bodies = {}
-for line in io.lines(os.getenv("BENCH_BODIES")) do bodies[#bodies + 1] = line end
+for line in io.lines(os.getenv("BENCH_BODIES")) do
+  if hex then
+    line = (line:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
+  end
+  bodies[#bodies + 1] = line
+end
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+for line in io.lines(os.getenv("BENCH_HEADERS")) do
+  local name, value = line:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
 if #bodies == 1 then
   wrk.body = bodies[1]
 else
@@ -120,19 +133,34 @@ class PendingRun:
 
 @contextlib.contextmanager
 def started(
-    url: str, bodies: Sequence[bytes], *, connections: int, seconds: float, rate: float = 0.0
+    url: str,
+    bodies: Sequence[bytes],
+    *,
+    connections: int,
+    seconds: float,
+    rate: float = 0.0,
+    headers: Mapping[str, str] = JSON_HEADERS,
+    binary: bool = False,
 ) -> Iterator[PendingRun]:
     """Start wrk POSTing ``bodies`` in turn to ``url``; ``rate`` paces it (requests/s, 0: flat out).
 
-    wrk is killed (by its pid) if it is still running on the way out.
+    Every request carries ``headers``. JSON bodies must each be one line; ``binary`` bodies
+    may hold any bytes (they reach wrk hex-encoded). wrk is killed (by its pid) if it is
+    still running on the way out.
     """
-    if any(b"\n" in body for body in bodies) or not bodies:
+    if not bodies or (not binary and any(b"\n" in body for body in bodies)):
         raise ValueError("wrk needs one or more bodies, each on one line")
+    if any("\n" in f"{name}{value}" or ":" in name for name, value in headers.items()):
+        raise ValueError("a header's name holds no colon, and neither part a line break")
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as folder:
         script, lines = Path(folder) / "post.lua", Path(folder) / "bodies.txt"
+        header_lines = Path(folder) / "headers.txt"
         script.write_text(SCRIPT)
-        lines.write_bytes(b"".join(body + b"\n" for body in bodies))
+        encoded = [body.hex().encode() if binary else body for body in bodies]
+        lines.write_bytes(b"".join(body + b"\n" for body in encoded))
+        header_lines.write_text("".join(f"{name}: {value}\n" for name, value in headers.items()))
         env = dict(os.environ, BENCH_BODIES=str(lines), BENCH_RESULT_PREFIX=RESULT_PREFIX)
+        env.update(BENCH_HEADERS=str(header_lines), BENCH_HEX="1" if binary else "0")
         env["BENCH_CONN_RATE"] = str(rate / connections)
         argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", WRK_TIMEOUT]
         process = subprocess.Popen(
@@ -146,7 +174,27 @@ def started(
                 process.communicate()
 
 
-def wrk(url: str, body: bytes, *, connections: int, seconds: float, rate: float = 0.0) -> Load:
-    """Drive ``url`` with POSTs of ``body`` for ``seconds``; ``rate`` paces it (requests/s)."""
-    with started(url, [body], connections=connections, seconds=seconds, rate=rate) as run:
+def wrk(
+    url: str,
+    body: bytes,
+    *,
+    connections: int,
+    seconds: float,
+    rate: float = 0.0,
+    headers: Mapping[str, str] = JSON_HEADERS,
+    binary: bool = False,
+) -> Load:
+    """Drive ``url`` with POSTs of ``body`` for ``seconds``; ``rate`` paces it (requests/s).
+
+    ``headers`` and ``binary`` are as :func:`started` takes them.
+    """
+    with started(
+        url,
+        [body],
+        connections=connections,
+        seconds=seconds,
+        rate=rate,
+        headers=headers,
+        binary=binary,
+    ) as run:
         return run.finish().load

@@ -13,13 +13,25 @@ from typing import TypeVar
 from bench.load import Load
 from bench.results import (
     BATCHING_OFF,
+    MLSERVER,
+    MNISTOPS,
     BatchResult,
+    PeersResult,
     Results,
     ServingResult,
     StressResult,
     TrainingResult,
 )
-from bench.targets import figures, gain, monitoring_cost, target
+from bench.targets import (
+    PEER_CONCURRENCY,
+    PEER_TARGET_SERVERS,
+    best_peer,
+    figures,
+    gain,
+    monitoring_cost,
+    target,
+    v2_json_vs_mlserver,
+)
 
 K = TypeVar("K")
 
@@ -36,6 +48,8 @@ def report(results: Results, date: str | None = None) -> str:
         lines += _asgi_servers(results.servers)
     if results.batch:
         lines += _batch(results.batch, found)
+    if results.peers:
+        lines += _peers(results.peers, found)
     if results.stress:
         lines += _stress(results.stress)
     return "\n".join(lines + _reproduce(results.stress_only))
@@ -45,6 +59,12 @@ def target_line(name: str, value: float, detail: str = "") -> str:
     """A bullet: what is measured, the figure, and whether it meets its target."""
     held = target(name)
     return f"- {held.measures}{detail}: **{held.unit.value(value)}** ({held.verdict(value)})"
+
+
+def unmeasured_line(name: str, reason: str) -> str:
+    """A target's bullet when its figure could not be measured, and why."""
+    held = target(name)
+    return f"- {held.measures}: not measured, {reason} ({held.unmeasured()})"
 
 
 def load_table(
@@ -205,6 +225,77 @@ def _batch(batch: BatchResult, found: dict[str, float]) -> list[str]:
     ]
 
 
+def _peers(peers: PeersResult, found: dict[str, float]) -> list[str]:
+    return [
+        "## Serving peers: the same ONNX file under MLServer, BentoML, LitServe and a bare app",
+        "",
+        "Each server runs the ONNX file mnistops serves through onnxruntime (one thread per "
+        "call), from a venv of its own installed from PyPI, in its best configuration "
+        f"measured here. Every server was started afresh in each round ({peers.repeats} "
+        "interleaved rounds); the figures are the medians. The request is one image: each "
+        "server's JSON form of it, and for mnistops also the Open Inference Protocol's "
+        "infer, as a binary tensor (a JSON header, then 3,136 bytes of float32) and in JSON.",
+        "",
+        "| server | configuration | exec-to-ready (s) | memory after load (MB) |",
+        "|---|---|---:|---:|",
+        *(_peer_row(name, peers) for name in peers.servers),
+        "",
+        "| server | request | c | req/s | p50 ms | p99 ms | failed |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {name} | {kind} | {c} | {load.rps:,.0f} | {load.p50_ms:.2f} "
+            f"| {load.p99_ms:.2f} | {load.bad} |"
+            for name, server in peers.servers.items()
+            for kind, loads in server.loads.items()
+            for c, load in loads.items()
+        ),
+        "",
+        *_peer_targets(peers, found),
+        "",
+    ]
+
+
+def _peer_row(name: str, peers: PeersResult) -> str:
+    server = peers.servers[name]
+    configuration = server.configuration
+    if server.failure:
+        shown = server.failure.replace("|", "\\|")
+        configuration += f". **{'Not measured' if not server.loads else 'Failed'}**: `{shown}`"
+    if server.startup is None:
+        return f"| {name} | {configuration} | – | – |"
+    startup = server.startup
+    return f"| {name} | {configuration} | {startup.ready_s:.2f} | {startup.rss_mb:.0f} |"
+
+
+def _peer_targets(peers: PeersResult, found: dict[str, float]) -> list[str]:
+    best = best_peer(peers)
+    details = {"vs_best_peer": f" ({best[0]}, {best[1]:,.0f} req/s)" if best else ""}
+    lines = []
+    for name, needed in PEER_TARGET_SERVERS.items():
+        if name in found:
+            lines.append(target_line(name, found[name], details.get(name, "")))
+            continue
+        missing = [server for server in needed if peers.json_loads(server) is None]
+        reason = f"{' and '.join(missing)} not measured" if missing else "its request failed"
+        lines.append(unmeasured_line(name, reason))
+    v2 = v2_json_vs_mlserver(peers)
+    if v2:
+        ratios = ", ".join(f"{ratio:.2f}× at c={c}" for c, ratio in v2.items())
+        lines.append(f"- {MNISTOPS}' v2 JSON infer vs {MLSERVER}'s on the same model: {ratios}")
+    ours = peers.servers.get(MNISTOPS)
+    if ours and ours.json_loads and PEER_CONCURRENCY in ours.json_loads:
+        others = {
+            name: loads[PEER_CONCURRENCY].rps
+            for name in peers.servers
+            if name != MNISTOPS and (loads := peers.json_loads(name))
+        }
+        ours_rps = ours.json_loads[PEER_CONCURRENCY].rps
+        ratios = ", ".join(f"{ours_rps / rps:.2f}× {name}" for name, rps in others.items())
+        if ratios:
+            lines.append(f"- `/predict` at c={PEER_CONCURRENCY} against each: {ratios}")
+    return lines
+
+
 def _stress(stress: StressResult) -> list[str]:
     return [
         "## Stress",
@@ -227,7 +318,8 @@ def _reproduce(stress_only: bool) -> list[str]:
     return [
         "## How to reproduce",
         "",
-        "`make bench` (about 15 minutes; the first run also builds `bench/.work/labenv` with "
-        "`tensorflow-cpu`). Parts: `python -m bench.run --only training serving servers batch`.",
+        "`make bench` (about 30 minutes; the first run also builds `bench/.work/labenv` with "
+        "`tensorflow-cpu`, and the peers' venvs in `bench/.work/peers`). Parts: "
+        "`python -m bench.run --only training serving servers batch peers`.",
         "",
     ]

@@ -15,6 +15,17 @@ DEFAULTS = "defaults"
 BATCHING_OFF = "batching off"
 MONITORING_OFF = "monitoring off"
 
+# The servers of the peers suite (mnistops is MNISTOPS), and the requests it sends them.
+MLSERVER = "MLServer"
+BENTOML = "BentoML"
+LITSERVE = "LitServe"
+BARE_APP = "bare FastAPI app"
+PEER_FRAMEWORKS = (MLSERVER, BENTOML, LITSERVE)
+"""The serving frameworks that "the best peer" is chosen among (the bare app is a baseline)."""
+PREDICT_JSON = "/predict JSON"
+V2_BINARY = "v2 infer, binary tensor"
+V2_JSON = "v2 infer, JSON"
+
 
 @dataclass(frozen=True)
 class TrainRun:
@@ -58,6 +69,40 @@ class ServingResult:
 
 
 @dataclass(frozen=True)
+class PeerServer:
+    """One server of the peers suite: how it ran, and what it measured."""
+
+    configuration: str
+    """What ran and how, in the report's words: versions, runtime, batching, processes."""
+    json_request: str
+    """The key in ``loads`` of its JSON request for one image (MLServer's is v2 JSON)."""
+    loads: dict[str, dict[int, Load]] = field(default_factory=dict)
+    """Medians over the rounds, by request (:data:`PREDICT_JSON`, ...), by concurrency."""
+    startup: Startup | None = None
+    """Medians over the rounds."""
+    failure: str | None = None
+    """Why it, or one of its requests, was not measured: the error line."""
+
+    @property
+    def json_loads(self) -> dict[int, Load] | None:
+        """Its JSON request's loads, by concurrency; None if that was not measured."""
+        return self.loads.get(self.json_request)
+
+
+@dataclass(frozen=True)
+class PeersResult:
+    repeats: int
+    """Interleaved rounds: each server started afresh in each, the figures their medians."""
+    servers: dict[str, PeerServer]
+    """mnistops first, then MLServer, BentoML, LitServe and the bare app."""
+
+    def json_loads(self, name: str) -> dict[int, Load] | None:
+        """``name``'s JSON request's loads; None if it is absent or was not measured."""
+        server = self.servers.get(name)
+        return None if server is None else server.json_loads
+
+
+@dataclass(frozen=True)
 class BatchResult:
     images: int
     batch: int
@@ -93,10 +138,11 @@ class Results:
     servers: dict[str, dict[str, Load]] = field(default_factory=dict)
     """The ASGI servers: medians by server, by load (``predict c=1``, ...)."""
     batch: BatchResult | None = None
+    peers: PeersResult | None = None
     stress: StressResult | None = None
 
     @property
     def stress_only(self) -> bool:
         """Whether this is the soak alone (``--stress``)."""
-        others = (self.training, self.serving, self.servers, self.batch)
+        others = (self.training, self.serving, self.servers, self.batch, self.peers)
         return self.stress is not None and not any(others)

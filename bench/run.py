@@ -1,4 +1,5 @@
-"""Side-by-side benchmarks of mnistops against the lab's own code and `mlflow models serve`.
+"""Side-by-side benchmarks of mnistops against the lab's own code, `mlflow models serve` and
+the serving peers (MLServer, BentoML, LitServe).
 
 Everything is measured in one run on this machine and written, with its targets, to
 ``bench/results.md``:
@@ -10,17 +11,21 @@ Everything is measured in one run on this machine and written, with its targets,
   registered model, and this server's no-op route as the ceiling; exec-to-ready time
   and resident memory of each; batching and monitoring on and off; p99 at half of
   the maximum throughput (paced load);
-- batch inference through the predictor against numpy's float32 GEMM throughput.
+- batch inference through the predictor against numpy's float32 GEMM throughput;
+- the serving peers: MLServer, BentoML, LitServe and a bare FastAPI app on the same ONNX
+  file, each from a venv of its own, against ``/predict`` and the Open Inference
+  Protocol's infer (binary tensor and JSON), in interleaved rounds.
 
 ``--stress`` instead runs a long soak: mixed good and bad requests at high
 concurrency, a hot reload under load, and checks that the service stays up with
 bounded memory and no 5xx.
 
 Run it with ``make bench`` (or ``make stress``); it is never part of ``make test``.
-The lab's environment (``tensorflow-cpu``, Flask) is built in ``bench/.work/labenv``.
+The lab's environment (``tensorflow-cpu``, Flask) is built in ``bench/.work/labenv``, the
+peers' in ``bench/.work/peers``, from PyPI.
 
 This module only chooses the suites and their order. The suites are ``training.py``,
-``serving.py``, ``batch.py`` and ``stress.py``; what they return is typed in
+``serving.py``, ``batch.py``, ``peers/`` and ``stress.py``; what they return is typed in
 ``results.py``; ``targets.py`` holds the targets and ``report.py`` writes the markdown.
 ``servers.py`` starts and stops server processes (for the tests too), ``load.py`` runs
 wrk, and ``workspace.py`` holds paths, environments and the model under test.
@@ -33,15 +38,15 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import batch, serving, stress, training
+from bench import batch, peers, serving, stress, training
 from bench.report import report
 from bench.results import Results
-from bench.targets import verdicts
+from bench.targets import PEER_TARGET_SERVERS, verdicts
 from bench.workspace import BENCH, WORK, log
 
 RESULTS = BENCH / "results.md"
 STRESS = BENCH / "stress.md"
-SUITES = ("training", "serving", "servers", "batch")
+SUITES = ("training", "serving", "servers", "batch", "peers")
 ASGI_REPEATS = 2
 BATCH_REPEATS = 5
 
@@ -76,6 +81,8 @@ def run_suites(args: argparse.Namespace) -> Results:
         results.servers = serving.bench_asgi_servers(args.seconds, ASGI_REPEATS)
     if "batch" in args.only:
         results.batch = batch.bench_batch(BATCH_REPEATS)
+    if "peers" in args.only:
+        results.peers = peers.bench_peers(args.seconds, args.repeats)
     return results
 
 
@@ -90,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if held:
         missed = [name for name, met in held.items() if not met]
         log(f"targets met: {len(held) - len(missed)} of {len(held)}; not met: {missed or 'none'}")
+    unmeasured = [name for name in PEER_TARGET_SERVERS if results.peers and name not in held]
+    if unmeasured:
+        log(f"targets not measured: {unmeasured}")
     return 0
 
 

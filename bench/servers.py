@@ -11,8 +11,9 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,19 +48,40 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_ok(url: str, body: bytes | None = None, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether ``url`` answers 200: to a GET, or to a POST of ``body`` as JSON.
+def http_ok(
+    url: str,
+    body: bytes | None = None,
+    timeout: float = PROBE_TIMEOUT_S,
+    headers: Mapping[str, str] | None = None,
+) -> bool:
+    """Whether ``url`` answers 200: to a GET, or to a POST of ``body`` (JSON unless
+    ``headers`` say otherwise).
 
     False while nothing listens yet, and on any other status.
     """
-    headers = {} if body is None else {"Content-Type": "application/json"}
-    request = urllib.request.Request(url, data=body, headers=headers)
+    return http_status(url, body, timeout, headers) == 200
+
+
+def http_status(
+    url: str,
+    body: bytes | None = None,
+    timeout: float = PROBE_TIMEOUT_S,
+    headers: Mapping[str, str] | None = None,
+) -> int:
+    """The status ``url`` answers a GET, or a POST of ``body`` with, read to the end;
+    0 when it gives no answer (nothing listens, reset, timed out)."""
+    if headers is None:
+        headers = {} if body is None else {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=body, headers=dict(headers))
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()
-            return int(response.status) == 200
-    except OSError:  # refused, reset, timed out, or an HTTPError status
-        return False
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code)
+    except OSError:  # refused, reset or timed out
+        return 0
 
 
 def wait_ready(

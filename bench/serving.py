@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from bench.load import Load, median_load, wrk
+from bench.load import JSON_HEADERS, Load, median_load, wrk
 from bench.results import (
     BATCHING_OFF,
     DEFAULTS,
@@ -145,12 +145,21 @@ def running(contender: Contender) -> Iterator[ServerProcess]:
         yield server
 
 
-def measure(name: str, url: str, body: bytes, seconds: float) -> dict[int, Load]:
-    """A warm-up, then a wrk run at each concurrency."""
-    wrk(url, body, connections=WARMUP_CONNECTIONS, seconds=min(WARMUP_MAX_S, seconds))
+def measure(
+    name: str,
+    url: str,
+    body: bytes,
+    seconds: float,
+    headers: Mapping[str, str] = JSON_HEADERS,
+    binary: bool = False,
+) -> dict[int, Load]:
+    """A warm-up, then a wrk run at each concurrency (``headers`` and ``binary`` as
+    :func:`bench.load.started` takes them)."""
+    run = functools.partial(wrk, url, body, headers=headers, binary=binary)
+    run(connections=WARMUP_CONNECTIONS, seconds=min(WARMUP_MAX_S, seconds))
     loads = {}
     for c in CONCURRENCY:
-        loads[c] = load = wrk(url, body, connections=c, seconds=seconds)
+        loads[c] = load = run(connections=c, seconds=seconds)
         log(
             f"  {name} c={c}: {load.rps:,.0f} req/s, p50 {load.p50_ms:.2f} ms, "
             f"p99 {load.p99_ms:.2f} ms, bad {load.bad}"
@@ -224,7 +233,7 @@ def bench_variants(model_dir: Path, seconds: float, repeats: int) -> dict[str, d
             with running(contender):
                 log(f"  A/B round {round_ + 1}/{repeats}: {name}")
                 runs[name].append(measure(contender.name, contender.url, contender.body, seconds))
-    return _medians(runs)
+    return medians(runs)
 
 
 def bench_asgi_servers(seconds: float, repeats: int) -> dict[str, dict[str, Load]]:
@@ -241,7 +250,7 @@ def bench_asgi_servers(seconds: float, repeats: int) -> dict[str, dict[str, Load
             with running(contender):
                 log(f"  ASGI servers, round {round_ + 1}/{repeats}: {name}")
                 runs[name].append(_asgi_loads(contender, seconds))
-    return _medians(runs)
+    return medians(runs)
 
 
 def _asgi_loads(contender: Contender, seconds: float) -> dict[str, Load]:
@@ -252,7 +261,7 @@ def _asgi_loads(contender: Contender, seconds: float) -> dict[str, Load]:
     return loads
 
 
-def _medians(runs: Mapping[str, Sequence[Mapping[K, Load]]]) -> dict[str, dict[K, Load]]:
+def medians(runs: Mapping[str, Sequence[Mapping[K, Load]]]) -> dict[str, dict[K, Load]]:
     """The median load of each name and key over repeated rounds."""
     return {
         name: {key: median_load([r[key] for r in rounds]) for key in rounds[0]}

@@ -9,18 +9,29 @@ from typing import Literal
 
 from bench.load import Load
 from bench.results import (
+    BARE_APP,
     DEFAULTS,
     LAB_FLASK,
     MLFLOW_SERVE,
+    MLSERVER,
     MNISTOPS,
     MONITORING_OFF,
     NOOP_ROUTE,
+    PEER_FRAMEWORKS,
+    PREDICT_JSON,
+    V2_BINARY,
+    V2_JSON,
+    PeersResult,
     Results,
     ServingResult,
 )
 
 RIVAL_CONCURRENCY = 8
 """The concurrency at which mnistops is compared with the lab's app and MLflow's server."""
+PEER_CONCURRENCY = 8
+"""The concurrency at which mnistops is compared with the peer frameworks."""
+BARE_CONCURRENCY = 1
+"""The concurrency at which mnistops is compared with the bare app: its overhead alone."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ PERCENT = Unit(lambda v: f"{v:.0%}", lambda t: f"{t * 100:g} %")  # figures are 
 POINTS = Unit(lambda v: f"{v:.2f} points", lambda t: f"{t:g} points")
 MS = Unit(lambda v: f"{v:.2f} ms", lambda t: f"{t:g} ms")
 SECONDS = Unit(lambda v: f"{v:.2f} s", lambda t: f"{t:g} s")
+FACTOR = Unit(lambda v: f"{v:.2f}×", lambda t: f"{t:g}×")
 
 _COMPARE = {"≤": operator.le, "≥": operator.ge}
 
@@ -59,6 +71,10 @@ class Target:
         passed = "met" if self.met(value) else "**not met**"
         return f"target {self.comparison} {self.unit.threshold(self.threshold)}: {passed}"
 
+    def unmeasured(self) -> str:
+        """``target ≤ 5 ms: not measured``."""
+        return f"target {self.comparison} {self.unit.threshold(self.threshold)}: not measured"
+
 
 TARGETS: tuple[Target, ...] = (
     Target("fit_time_ratio", "≤", 0.70, RATIO, "fit time ratio mnistops / lab"),
@@ -78,7 +94,36 @@ TARGETS: tuple[Target, ...] = (
         "throughput lost to monitoring (metrics, drift, prediction log), at worst",
     ),
     Target("gemm_share", "≥", 0.60, PERCENT, "share of numpy's GEMM throughput"),
+    Target(
+        "vs_best_peer",
+        "≥",
+        2.5,
+        FACTOR,
+        f"`/predict` vs the best peer framework's JSON request at c={PEER_CONCURRENCY}",
+    ),
+    Target(
+        "vs_bare_app",
+        "≥",
+        0.85,
+        FACTOR,
+        f"`/predict` vs the bare FastAPI app at c={BARE_CONCURRENCY}",
+    ),
+    Target(
+        "v2_binary_gain",
+        "≥",
+        1.2,
+        FACTOR,
+        f"v2 infer with a binary tensor vs JSON `/predict` at c={PEER_CONCURRENCY}",
+    ),
+    Target("peers_predict_p99", "≤", 5, MS, f"`/predict` p99 at c={PEER_CONCURRENCY}"),
 )
+PEER_TARGET_SERVERS: dict[str, tuple[str, ...]] = {
+    "vs_best_peer": (MNISTOPS, *PEER_FRAMEWORKS),
+    "vs_bare_app": (MNISTOPS, BARE_APP),
+    "v2_binary_gain": (MNISTOPS,),
+    "peers_predict_p99": (MNISTOPS,),
+}
+"""The peers suite's targets, and the servers each needs measured."""
 _BY_NAME = {target.name: target for target in TARGETS}
 
 
@@ -98,6 +143,8 @@ def figures(results: Results) -> dict[str, float]:
         found |= _serving_figures(results.serving)
     if results.batch:
         found["gemm_share"] = results.batch.ours_gflops / results.batch.gemm_gflops
+    if results.peers:
+        found |= peers_figures(results.peers)
     return found
 
 
@@ -132,3 +179,47 @@ def gain(variants: Mapping[str, Mapping[int, Load]], base: str) -> dict[int, flo
 def monitoring_cost(variants: Mapping[str, Mapping[int, Load]]) -> dict[int, float]:
     """The throughput that monitoring costs, by concurrency (0.1: 10 % less with it on)."""
     return {c: -change for c, change in gain(variants, MONITORING_OFF).items()}
+
+
+def best_peer(peers: PeersResult, concurrency: int = PEER_CONCURRENCY) -> tuple[str, float] | None:
+    """The peer framework with the most requests/s at ``concurrency``, and that rate.
+
+    None unless every framework was measured: the best of some is not the best peer.
+    """
+    rates = {}
+    for name in PEER_FRAMEWORKS:
+        loads = peers.json_loads(name)
+        if loads is None or concurrency not in loads:
+            return None
+        rates[name] = loads[concurrency].rps
+    name = max(rates, key=rates.__getitem__)
+    return name, rates[name]
+
+
+def peers_figures(peers: PeersResult) -> dict[str, float]:
+    """The peers suite's figures that were measured (mnistops' requests and its peers')."""
+    ours = peers.servers.get(MNISTOPS)
+    predict = None if ours is None else ours.loads.get(PREDICT_JSON)
+    if ours is None or predict is None:
+        return {}
+    found = {"peers_predict_p99": predict[PEER_CONCURRENCY].p99_ms}
+    best = best_peer(peers)
+    if best is not None:
+        found["vs_best_peer"] = predict[PEER_CONCURRENCY].rps / best[1]
+    bare = peers.json_loads(BARE_APP)
+    if bare is not None:
+        found["vs_bare_app"] = predict[BARE_CONCURRENCY].rps / bare[BARE_CONCURRENCY].rps
+    binary = ours.loads.get(V2_BINARY)
+    if binary is not None:
+        found["v2_binary_gain"] = binary[PEER_CONCURRENCY].rps / predict[PEER_CONCURRENCY].rps
+    return found
+
+
+def v2_json_vs_mlserver(peers: PeersResult) -> dict[int, float] | None:
+    """mnistops' v2 JSON infer over MLServer's on the same model, by concurrency."""
+    ours = peers.servers.get(MNISTOPS)
+    theirs = peers.json_loads(MLSERVER)
+    v2 = None if ours is None else ours.loads.get(V2_JSON)
+    if v2 is None or theirs is None:
+        return None
+    return {c: v2[c].rps / theirs[c].rps for c in v2 if c in theirs}

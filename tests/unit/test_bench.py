@@ -9,7 +9,11 @@ import pytest
 from bench.load import RESULT_PREFIX, Load, median_load, parse_output, started
 from bench.report import report
 from bench.results import (
+    PREDICT_JSON,
+    V2_BINARY,
     BatchResult,
+    PeerServer,
+    PeersResult,
     Results,
     ServingResult,
     Startup,
@@ -56,11 +60,31 @@ def _results() -> Results:
         paced=Load(1511, 1.0, 5.22, 15_000, 0),
         variants=variants,
     )
+    peers = PeersResult(
+        2,
+        {
+            "mnistops": PeerServer(
+                "defaults",
+                PREDICT_JSON,
+                {PREDICT_JSON: _loads(3000, p99=4.0), V2_BINARY: _loads(3300)},
+            ),
+            **{
+                name: PeerServer(name, PREDICT_JSON, {PREDICT_JSON: _loads(rps)})
+                for name, rps in (
+                    ("MLServer", 1000),
+                    ("BentoML", 500),
+                    ("LitServe", 400),
+                    ("bare FastAPI app", 3200),
+                )
+            },
+        },
+    )
     return Results(
         training=TrainingResult(3, TrainRun(12.0, 0.9793, 20.0), TrainRun(7.8, 0.9787, 25.0)),
         serving=serving,
         servers={"uvicorn": {"predict c=1": Load(2000, 1, 2, 10, 0)}},
         batch=BatchResult(10_000, 4096, 2, 813_056, 197_745, 160.8, 192.7, 0.72),
+        peers=peers,
     )
 
 
@@ -100,6 +124,10 @@ def test_verdicts_follow_the_figures() -> None:
         "exec_to_ready": True,  # 0.7 s
         "monitoring_cost": False,  # 1 - 2000 / 2200 = 9 %
         "gemm_share": True,  # 83 %
+        "vs_best_peer": True,  # 3000 / MLServer's 1000 at c=8
+        "vs_bare_app": True,  # 3000 / 3200 = 0.94 at c=1
+        "v2_binary_gain": False,  # 3300 / 3000 = 1.1
+        "peers_predict_p99": True,  # 4 ms
     }
 
 

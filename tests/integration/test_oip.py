@@ -6,7 +6,6 @@ document (vendored in tests/data), with no server error."""
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,13 @@ import tritonclient.http as triton
 import yaml
 from bench.servers import free_port
 from hypothesis import HealthCheck, given, settings
-from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 from tritonclient.utils import InferenceServerException
 
 from mnistops.bundle import ModelBundle
 from mnistops.data import Mnist
+from tests.support.digits import png, predict_answers
 from tests.support.server import RunningServer, run_server
 
 pytestmark = pytest.mark.integration
@@ -61,10 +60,7 @@ def images(mnist: Mnist) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def predicted(live: RunningServer, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """/predict's answer for the digits: probabilities ``[N, 10]`` and digits ``[N]``."""
-    answer = live.client().post("/predict", json={"images": images.tolist()}).json()
-    probabilities = np.array([p["probabilities"] for p in answer["predictions"]])
-    return probabilities, np.array([p["digit"] for p in answer["predictions"]])
+    return predict_answers(live, images)
 
 
 def _infer(
@@ -151,16 +147,10 @@ def test_outputs_as_asked_with_the_id_and_parameters(
     assert result.get_output("label")["data"] == predicted[1].tolist()
 
 
-def _png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(255 - image).resize((56, 56)).save(buffer, "PNG")  # dark ink on white
-    return buffer.getvalue()
-
-
 def test_png_files_in_a_bytes_tensor_answer_what_predict_answers(
     client: triton.InferenceServerClient, live: RunningServer, images: np.ndarray
 ) -> None:
-    files = [_png(image) for image in images[:12]]
+    files = [png(image) for image in images[:12]]
     http = live.client()
     expected = [
         http.post("/predict", content=f, headers={"content-type": "image/png"}).json()

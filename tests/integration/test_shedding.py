@@ -32,6 +32,11 @@ LIMIT = 1 << 20
 FLOODS = ((256, 2), (1024, 3))
 """(connections, seconds) of each wrk run: about 5 s of load in all."""
 PROBES = 4
+MAX_IN_FLIGHT = 64
+"""Half the default: at c=256 on 2 cores about 130 requests are in the system, many of them
+still in socket buffers, so the default 128 is crossed only now and then; at 64 the flood
+is shed for certain, which is what these tests are about (the default's own figures are
+``make bench``'s and ``make stress``'s)."""
 READS_A_BODY = ("/predict", "/v2/models/mnist-classifier/infer", "/feedback", "/noop")
 ACCEPTED_P99_S = 0.5
 """Bound on the p99 of accepted requests under the flood, as a client sending one request
@@ -143,7 +148,8 @@ def server(
     trained_bundle: ModelBundle, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     home = tmp_path_factory.mktemp("shed-home")
-    with run_server(str(trained_bundle.path), free_port(), home) as running:
+    env = {"MNISTOPS_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT)}
+    with run_server(str(trained_bundle.path), free_port(), home, env) as running:
         yield running
 
 

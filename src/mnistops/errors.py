@@ -31,6 +31,10 @@ class ServiceUnavailableError(MnistopsError):
         )
 
 
+class ServeError(MnistopsError):
+    """The server cannot listen where it was told to."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its class name when it has none)."""
     return (str(exc) or type(exc).__name__).splitlines()[0]

@@ -28,11 +28,11 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message, message_fa
 
 from mnistops import __version__
 from mnistops.config import Settings
-from mnistops.errors import MnistopsError
+from mnistops.errors import MnistopsError, ServeError
 from mnistops.imaging import InputError
 from mnistops.serve import v2
 from mnistops.serve.inputs import RequestedOutput, infer_request
-from mnistops.serve.metrics import IN_FLIGHT, REQUEST_DURATION, REQUESTS
+from mnistops.serve.metrics import IN_FLIGHT, record_request
 from mnistops.serve.runtime import Runtime
 from mnistops.serve.tensors import BINARY_SIZE, IMAGE_DATATYPE, brief
 
@@ -74,30 +74,24 @@ CONTENT_DTYPES = {
 }
 
 
-def _message_classes() -> dict[str, type[message.Message]]:
-    """Every message of the protocol, by its short name (``ModelInferRequest``, ...)."""
+def _service() -> Any:
+    """The protocol's service descriptor, from the shipped descriptor set (private pool)."""
     data = resources.files("mnistops.serve.protocol").joinpath(DESCRIPTOR_SET).read_bytes()
     pool = descriptor_pool.DescriptorPool()
     for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
         pool.Add(file)
-    service = pool.FindServiceByName(SERVICE)
-    classes: dict[str, type[message.Message]] = {}
-    for method in service.methods:
-        for descriptor in (method.input_type, method.output_type):
-            classes[descriptor.name] = message_factory.GetMessageClass(descriptor)
-    return classes
+    return pool.FindServiceByName(SERVICE)
 
 
-MESSAGES = _message_classes()
-RPCS = {
-    "ServerLive": ("ServerLiveRequest", "ServerLiveResponse"),
-    "ServerReady": ("ServerReadyRequest", "ServerReadyResponse"),
-    "ModelReady": ("ModelReadyRequest", "ModelReadyResponse"),
-    "ServerMetadata": ("ServerMetadataRequest", "ServerMetadataResponse"),
-    "ModelMetadata": ("ModelMetadataRequest", "ModelMetadataResponse"),
-    "ModelInfer": ("ModelInferRequest", "ModelInferResponse"),
-}
+_SERVICE = _service()
+RPCS = {m.name: (m.input_type.name, m.output_type.name) for m in _SERVICE.methods}
 """The service's methods: request and response message of each."""
+MESSAGES: dict[str, type[message.Message]] = {
+    descriptor.name: message_factory.GetMessageClass(descriptor)
+    for method in _SERVICE.methods
+    for descriptor in (method.input_type, method.output_type)
+}
+"""Every message of the protocol, by its short name (``ModelInferRequest``, ...)."""
 
 Behaviour = Callable[[Any], Awaitable[message.Message]]
 
@@ -257,8 +251,7 @@ def _handler(name: str, behaviour: Behaviour, runtime: Runtime) -> grpc.RpcMetho
         finally:
             if counted:
                 IN_FLIGHT.dec()
-                REQUESTS.labels(route, METHOD, str(status)).inc()
-                REQUEST_DURATION.labels(route).observe(time.perf_counter() - started)
+                record_request(route, METHOD, status, time.perf_counter() - started)
         raise AssertionError("unreachable: context.abort raises")
 
     return grpc.unary_unary_rpc_method_handler(handle)
@@ -285,17 +278,13 @@ class GrpcServer:
     @property
     def address(self) -> str:
         host = self.settings.host
-        return (
-            f"[{host}]:{self.settings.grpc_port}"
-            if ":" in host
-            else (f"{host}:{self.settings.grpc_port}")
-        )
+        return f"{f'[{host}]' if ':' in host else host}:{self.settings.grpc_port}"
 
     async def start(self) -> None:
         """Listen and serve (on the running event loop).
 
         Raises:
-            MnistopsError: the port cannot be listened on.
+            ServeError: the port cannot be listened on.
         """
         settings = self.settings
         server = grpc.aio.server(
@@ -309,7 +298,7 @@ class GrpcServer:
         try:
             server.add_insecure_port(self.address)
         except RuntimeError as exc:
-            raise MnistopsError(
+            raise ServeError(
                 f"cannot listen for gRPC on {self.address} ({exc}); choose a free "
                 "MNISTOPS_GRPC_PORT (0 turns gRPC off)"
             ) from exc

@@ -66,14 +66,29 @@ def record_batch(size: int, waits: list[float]) -> None:
         BATCH_QUEUE_WAIT.observe(wait)
 
 
+# labelled children cached: ``labels()`` costs a lock and a dict lookup per call
+_COUNTERS: dict[tuple[str, str, int], Counter] = {}
+_DURATIONS: dict[str, Histogram] = {}
+
+
+def record_request(route: str, method: str, status: int, seconds: float) -> None:
+    """Count one answered request (HTTP, or gRPC with method ``GRPC``) and its duration."""
+    key = (route, method, status)
+    counter = _COUNTERS.get(key)
+    if counter is None:
+        counter = _COUNTERS[key] = REQUESTS.labels(route, method, str(status))
+    counter.inc()
+    duration = _DURATIONS.get(route)
+    if duration is None:
+        duration = _DURATIONS[route] = REQUEST_DURATION.labels(route)
+    duration.observe(seconds)
+
+
 class MetricsMiddleware:
     """Pure-ASGI middleware: request count, duration and in-flight, by route template."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        # labelled children cached: ``labels()`` costs a lock and a dict lookup per call
-        self._counters: dict[tuple[str, str, int], Counter] = {}
-        self._durations: dict[str, Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,15 +109,4 @@ class MetricsMiddleware:
         finally:
             IN_FLIGHT.dec()
             route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
-            self._record(route, scope["method"], status, time.perf_counter() - started)
-
-    def _record(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = REQUESTS.labels(route, method, str(status))
-        counter.inc()
-        duration = self._durations.get(route)
-        if duration is None:
-            duration = self._durations[route] = REQUEST_DURATION.labels(route)
-        duration.observe(seconds)
+            record_request(route, scope["method"], status, time.perf_counter() - started)

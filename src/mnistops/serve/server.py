@@ -20,19 +20,15 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from mnistops.config import Settings
-from mnistops.errors import MnistopsError
+from mnistops.errors import ServeError
 from mnistops.predictor import Predictor
 from mnistops.serve.app import create_app  # this module runs the process: the one caller
-from mnistops.serve.runtime import Runtime
 
 if TYPE_CHECKING:
     from mnistops.serve.grpc_api import GrpcServer
+    from mnistops.serve.runtime import Runtime
 
 log = logging.getLogger("mnistops.serve")
-
-
-class ServeError(MnistopsError):
-    """The server cannot listen where it was told to."""
 
 
 def check_address(host: str, port: int, option: str = "--port") -> None:
@@ -141,7 +137,7 @@ def _draining_server(app: FastAPI, settings: Settings) -> Any:
     grpc_server = _grpc_server(runtime, settings)
 
     class DrainingServer(uvicorn.Server):
-        failure: MnistopsError | None = None
+        failure: ServeError | None = None
         """Why the server stopped as soon as it started (the gRPC port was taken)."""
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -151,7 +147,7 @@ def _draining_server(app: FastAPI, settings: Settings) -> Any:
                 return
             try:
                 await grpc_server.start()
-            except MnistopsError as exc:
+            except ServeError as exc:
                 self.failure, self.should_exit = exc, True
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

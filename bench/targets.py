@@ -68,12 +68,14 @@ class Target:
 
     def verdict(self, value: float) -> str:
         """``target ≤ 5 ms: met``."""
-        passed = "met" if self.met(value) else "**not met**"
-        return f"target {self.comparison} {self.unit.threshold(self.threshold)}: {passed}"
+        return self._stated("met" if self.met(value) else "**not met**")
 
     def unmeasured(self) -> str:
         """``target ≤ 5 ms: not measured``."""
-        return f"target {self.comparison} {self.unit.threshold(self.threshold)}: not measured"
+        return self._stated("not measured")
+
+    def _stated(self, outcome: str) -> str:
+        return f"target {self.comparison} {self.unit.threshold(self.threshold)}: {outcome}"
 
 
 TARGETS: tuple[Target, ...] = (

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     """How often the registry is polled for a moved alias (0 turns polling off)."""
     grace_period_s: float = 10.0
     """On SIGTERM, how long in-flight requests may take to finish."""
+    workers: int = Field(default=1, ge=1, le=256)
+    """Server processes on the one port (each with its own model and event loop; one
+    monitor process for all). ``max_in_flight`` and ``max_connections`` are per worker."""
 
     # --- monitoring --------------------------------------------------------
     monitoring: bool = True

@@ -35,6 +35,12 @@ class ServeError(MnistopsError):
     """The server cannot listen where it was told to."""
 
 
+class MonitorUnavailableError(MnistopsError):
+    """The monitor process, or the prediction log behind it, cannot answer now."""
+
+    http_status = 503
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its class name when it has none)."""
     return (str(exc) or type(exc).__name__).splitlines()[0]

@@ -1,8 +1,9 @@
 """Feedback: true labels for earlier predictions, and the live accuracy they give.
 
-Runs in the serving process. The labels predicted for recent requests are remembered
-in memory, so that feedback soon after a prediction needs no database read; older
-ones are looked up in the prediction log.
+Runs in the monitor process, which sees the predictions of every worker: feedback given
+to any worker is counted once, and the live accuracy is over all of them. The labels
+predicted for recent requests are remembered in memory, so that feedback soon after a
+prediction needs no database read; older ones are looked up in the prediction log.
 """
 
 from __future__ import annotations
@@ -39,15 +40,18 @@ class Feedback:
         while len(self._recent) > RECENT_PREDICTIONS:
             self._recent.popitem(last=False)
 
-    def record(self, request_id: str, label: int) -> dict[str, Any]:
+    def record(self, request_id: str, label: int, *, look_in_log: bool = True) -> dict[str, Any]:
         """Store a true label; update live accuracy.
 
+        Args:
+            look_in_log: look for a prediction not remembered in the log too.
+
         Raises:
-            KeyError: no prediction with ``request_id`` is remembered or logged.
+            KeyError: no prediction with ``request_id`` is remembered (or logged).
             sqlalchemy.exc.SQLAlchemyError: the prediction log's database is unavailable.
         """
         predicted = self._recent.get(request_id)
-        if predicted is None:
+        if predicted is None and look_in_log:
             predicted = self.store.lookup_label(request_id)
         if predicted is None:
             raise KeyError(request_id)

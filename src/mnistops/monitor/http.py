@@ -1,7 +1,7 @@
 """The monitoring routes: the drift verdict and feedback (true labels).
 
 The routes do HTTP only; the monitor they are handed does the work, in a worker thread
-(a status question waits for the monitor process; feedback writes to the database).
+(a status question or feedback waits for the monitor process, which stores the label).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import orjson
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import SQLAlchemyError
+
+from mnistops.errors import MonitorUnavailableError
 
 JSON = "application/json"
 TAG = "monitoring"
@@ -51,7 +52,7 @@ def monitor_router(monitor: DriftAndFeedback) -> APIRouter:
             answer = await asyncio.to_thread(monitor.record_feedback, body.request_id, body.label)
         except KeyError as exc:
             raise HTTPException(404, f"no prediction with request_id {body.request_id!r}") from exc
-        except SQLAlchemyError as exc:
+        except MonitorUnavailableError as exc:
             raise HTTPException(
                 503, "the prediction log store is unavailable; send the feedback again later"
             ) from exc

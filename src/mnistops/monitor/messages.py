@@ -1,8 +1,9 @@
 """What crosses the pipe between the serving process and the monitor process: one frozen
 dataclass per kind of message, told apart by type, never by a tag.
 
-Server to monitor process: ``Predictions``, ``StatusRequest``, ``SwitchModel``, ``Stop``.
-Monitor process to server: ``StatusReply``, ``Stopped``.
+Server to monitor process: ``Predictions``, ``StatusRequest``, ``GiveFeedback``,
+``SwitchModel``, ``Stop``. Monitor process to server: ``StatusReply``, ``FeedbackReply``,
+``Stopped``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ class StatusRequest:
 
 
 @dataclass(frozen=True)
+class GiveFeedback:
+    """The true label of an earlier prediction (by its request id), to store and count."""
+
+    seq: int
+    request_id: str
+    label: int
+
+
+@dataclass(frozen=True)
 class SwitchModel:
     """A new version is served: take the reference profile of the model folder."""
 
@@ -98,12 +108,28 @@ class StatusReply:
     drift: dict[str, Any]
 
 
+FEEDBACK_UNKNOWN = "unknown"
+"""``FeedbackReply.error``: no prediction with that request id is remembered or logged."""
+FEEDBACK_STORE_DOWN = "store"
+"""``FeedbackReply.error``: the prediction log's database is unavailable."""
+
+
+@dataclass(frozen=True)
+class FeedbackReply:
+    """The answer to the ``GiveFeedback`` with the same ``seq``: ``answer`` (what
+    POST /feedback returns), or ``error`` (``FEEDBACK_UNKNOWN`` or ``FEEDBACK_STORE_DOWN``)."""
+
+    seq: int
+    answer: dict[str, Any] | None = None
+    error: str | None = None
+
+
 @dataclass(frozen=True)
 class Stopped:
     """The monitor process has flushed its log and is ending."""
 
 
-ToMonitor = Predictions | StatusRequest | SwitchModel | Stop
+ToMonitor = Predictions | StatusRequest | GiveFeedback | SwitchModel | Stop
 """Every message the serving process sends."""
-FromMonitor = StatusReply | Stopped
+FromMonitor = StatusReply | FeedbackReply | Stopped
 """Every message the monitor process sends."""

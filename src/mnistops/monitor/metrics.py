@@ -8,8 +8,11 @@ model metrics carry ``model`` and ``version`` labels.
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,7 +108,10 @@ class ArrayHistogram(Collector):
 
 # --- model --------------------------------------------------------------------------
 MODEL_INFO = Gauge(
-    "mnistops_model_info", "The model version being served (value 1).", ("name", "version")
+    "mnistops_model_info",
+    "The model version being served (value 1).",
+    ("name", "version"),
+    registry=MONITOR_REGISTRY,
 )
 PREDICTIONS = Counter(
     "mnistops_predictions",
@@ -180,9 +186,14 @@ LOG_QUEUE = Gauge(
     "mnistops_prediction_log_queue_depth", "Rows waiting to be written.", registry=MONITOR_REGISTRY
 )
 FEEDBACK = Counter(
-    "mnistops_feedback", "True labels received, by whether the prediction was right.", ("correct",)
+    "mnistops_feedback",
+    "True labels received, by whether the prediction was right.",
+    ("correct",),
+    registry=MONITOR_REGISTRY,
 )
-LIVE_ACCURACY = Gauge("mnistops_live_accuracy", "Accuracy over recent feedback.")
+LIVE_ACCURACY = Gauge(
+    "mnistops_live_accuracy", "Accuracy over recent feedback.", registry=MONITOR_REGISTRY
+)
 OBSERVE_DROPPED = Counter(
     "mnistops_monitor_dropped", "Predictions not monitored because the monitor fell behind."
 )
@@ -190,8 +201,79 @@ OBSERVE_DROPPED = Counter(
 
 def render_latest(monitor_text: bytes = b"") -> tuple[bytes, str]:
     """The exposition text of the serving process's metrics followed by the monitor
-    process's (``monitor_text``), and its content type."""
-    return generate_latest(REGISTRY) + monitor_text, CONTENT_TYPE_LATEST
+    process's (``monitor_text``), and its content type. With several workers the serving
+    families are the sum over all of them (:func:`serving_registry`)."""
+    return generate_latest(serving_registry()) + monitor_text, CONTENT_TYPE_LATEST
+
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+"""Set (before prometheus_client is imported) in each of several workers: their metrics
+are written to files there, and any worker's /metrics shows the sum over all of them."""
+WORKER_PID_FILE = "worker_{pid}.pid"
+"""A live worker's mark in ``MULTIPROC_DIR``: its process metrics are summed too."""
+
+
+@functools.cache
+def serving_registry() -> CollectorRegistry:
+    """The serving process's families: its own (``REGISTRY``), or with several workers
+    the sum over all of them (prometheus_client's multiprocess mode)."""
+    directory = os.environ.get(MULTIPROC_DIR)
+    if not directory:
+        return REGISTRY
+    from prometheus_client import PlatformCollector, multiprocess
+
+    registry = CollectorRegistry()
+    registry.register(ServingFamilies(multiprocess.MultiProcessCollector(None, path=directory)))  # type: ignore[no-untyped-call]
+    PlatformCollector(registry=registry)
+    registry.register(WorkerProcesses(Path(directory)))
+    return registry
+
+
+class ServingFamilies(Collector):
+    """The serving process's own families from the workers' files. Every metric a worker
+    defines has a file there, the monitor's too (never updated in a worker, they are
+    zeros), and the monitor's belong to the monitor process's text alone."""
+
+    def __init__(self, files: Collector) -> None:
+        self.files = files
+        self.names = frozenset(family.name for family in REGISTRY.collect())
+
+    def collect(self) -> Iterator[Any]:
+        return (family for family in self.files.collect() if family.name in self.names)
+
+
+class WorkerProcesses(Collector):
+    """``process_*`` summed over the live workers (CPU, memory, open files), as
+    prometheus_client's ProcessCollector reports them for one process (Linux only)."""
+
+    KEEP_FIRST = frozenset({"process_max_fds"})
+    KEEP_EARLIEST = frozenset({"process_start_time_seconds"})
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client import ProcessCollector
+
+        families: dict[str, Any] = {}
+        for mark in self.directory.glob(WORKER_PID_FILE.format(pid="*")):
+            pid = int(mark.stem.removeprefix("worker_"))
+            collector = ProcessCollector(pid=functools.partial(str, pid), registry=None)
+            for family in collector.collect():
+                kept = families.setdefault(family.name, family)
+                if kept is family:
+                    continue
+                for i, (mine, theirs) in enumerate(zip(kept.samples, family.samples, strict=False)):
+                    value = self._combine(family.name, mine.value, theirs.value)
+                    kept.samples[i] = mine._replace(value=value)
+        yield from families.values()
+
+    def _combine(self, name: str, mine: float, theirs: float) -> float:
+        if name in self.KEEP_FIRST:
+            return mine
+        if name in self.KEEP_EARLIEST:
+            return min(mine, theirs)
+        return mine + theirs
 
 
 def render_monitor() -> bytes:

@@ -10,11 +10,13 @@ database (``FeedbackStore``), written synchronously: the client waits for the an
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -62,6 +64,10 @@ def make_engine(url: str) -> sa.Engine:
     """An engine that survives a restarted server (pre-ping) and never hangs for long."""
     json_codec = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
     if url.startswith("sqlite"):
+        database = sa.make_url(url).database
+        if database and database != ":memory:":  # a home folder not made yet
+            with contextlib.suppress(OSError):  # else SQLite says why it cannot open it
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 5}, **json_codec)
 
         @sa.event.listens_for(engine, "connect")

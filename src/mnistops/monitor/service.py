@@ -1,13 +1,17 @@
 """The Monitor: what the serving process calls after each prediction, and asks for state.
 
-``record`` runs on the request path: it appends to a bounded deque and remembers the
-predicted label for feedback. All the monitoring work (per-image features, model and
-input metrics, the drift window and its tests, the prediction log) runs in a child
-process (``worker.py``), so it never competes with request handling for the interpreter
-lock. A link thread ships what accumulated every ``TICK_SECONDS`` as one ``Predictions``
-message. ``/metrics`` and ``/monitoring/drift`` ask the child for its state, after it has
-processed everything sent before the question; if the child dies it is started again and
-the predictions it lost are counted (``mnistops_monitor_dropped_total``).
+``record`` runs on the request path: it appends to a bounded deque. All the monitoring
+work (per-image features, model and input metrics, the drift window and its tests,
+feedback and live accuracy, the prediction log) runs in a child process (``worker.py``),
+so it never competes with request handling for the interpreter lock. A link thread ships
+what accumulated every ``TICK_SECONDS`` as one ``Predictions`` message. ``/metrics``,
+``/monitoring/drift`` and ``/feedback`` ask the child, after it has processed everything
+sent before the question; if the child dies it is started again and the predictions it
+lost are counted (``mnistops_monitor_dropped_total``).
+
+With several workers (``mnistops serve --workers N``) the supervisor owns the monitor
+process and each worker's Monitor connects to it (``address``) instead of starting one;
+if it dies the supervisor starts it again and the workers connect again.
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ import numpy as np
 
 from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
+from mnistops.errors import MonitorUnavailableError
 from mnistops.monitor import metrics
-from mnistops.monitor.feedback import Feedback
 from mnistops.monitor.messages import (
+    FEEDBACK_UNKNOWN,
+    FeedbackReply,
+    GiveFeedback,
     ModelCall,
     Predictions,
     StatusReply,
@@ -40,8 +47,7 @@ from mnistops.monitor.messages import (
     SwitchModel,
     ToMonitor,
 )
-from mnistops.monitor.predlog import FeedbackStore
-from mnistops.monitor.worker import run_monitor_process
+from mnistops.monitor.worker import FEEDBACK_WAIT_S, MonitorAddress, run_monitor_process
 
 log = logging.getLogger("mnistops.monitor")
 
@@ -59,6 +65,8 @@ METRICS_TIMEOUT_S = 0.5
 """/metrics waits at most this long for the monitor process (then serves its last state):
 a scrape must answer within Prometheus' scrape timeout."""
 RESTART_BACKOFF_S = 1.0
+CONNECT_TIMEOUT_S = 30.0
+"""How long a worker tries to reach the shared monitor process at start."""
 KEPT_REPLIES = 16
 """Status replies kept for their askers; older ones were given up on."""
 LINK_JOIN_S = 10.0
@@ -72,28 +80,32 @@ def _unknown_state() -> StatusReply:
     return StatusReply(0, b"", {"checked": False, "drift": False, "tests": {}})
 
 
+Reply = StatusReply | FeedbackReply
+
+
 class _Replies:
-    """Status replies from the monitor process, each matched to the request that asked."""
+    """Replies from the monitor process, each matched to the request that asked."""
 
     def __init__(self) -> None:
         self._arrived = threading.Condition()
-        self._by_seq: dict[int, StatusReply] = {}
+        self._by_seq: dict[int, Reply] = {}
         self._seq = itertools.count(1)
         self.last: StatusReply | None = None
-        """The latest reply of the current monitor process (None: it has not answered)."""
+        """The latest status of the current monitor process (None: it has not answered)."""
 
     def next_seq(self) -> int:
         return next(self._seq)
 
-    def deliver(self, reply: StatusReply) -> None:
+    def deliver(self, reply: Reply) -> None:
         with self._arrived:
             self._by_seq[reply.seq] = reply
             while len(self._by_seq) > KEPT_REPLIES:
                 del self._by_seq[min(self._by_seq)]
-            self.last = reply
+            if isinstance(reply, StatusReply):
+                self.last = reply
             self._arrived.notify_all()
 
-    def wait(self, seq: int, timeout: float) -> StatusReply | None:
+    def wait(self, seq: int, timeout: float) -> Reply | None:
         """The reply to request ``seq``, or None if it does not come within ``timeout``."""
         deadline = time.monotonic() + timeout
         with self._arrived:
@@ -107,11 +119,17 @@ class _Replies:
 
 class Monitor:
     """The serving process's side: records predictions, ships them to the monitor process,
-    answers feedback and the drift and metrics questions."""
+    and passes feedback and the drift and metrics questions on to it."""
 
-    def __init__(self, settings: Settings, bundle: ModelBundle) -> None:
+    def __init__(
+        self, settings: Settings, bundle: ModelBundle, address: MonitorAddress | None = None
+    ) -> None:
         self.settings = settings
         self._bundle = bundle
+        self._address = address
+        """The shared monitor process to connect to (None: start one of our own)."""
+        self._lost = threading.Event()
+        """Set when the connection to a shared monitor process ended."""
         self._pending: collections.deque[ModelCall] = collections.deque()
         self._send_lock = threading.Lock()
         self._replies = _Replies()
@@ -120,42 +138,73 @@ class Monitor:
         self._conn: Connection | None = None
         self._process: BaseProcess | None = None
         self._link = threading.Thread(target=self._run_link, name="monitor-link", daemon=True)
-        self.feedback = Feedback(FeedbackStore(settings.prediction_log))
-        self._set_model_info(bundle)
 
     # --- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
-        """Start the monitor process and the link thread."""
-        self.feedback.store.connect()
-        self._spawn()
+        """Start the monitor process (or connect to the shared one) and the link thread.
+
+        Raises:
+            MonitorUnavailableError: the shared monitor process cannot be reached.
+        """
+        if self._address is None:
+            self._spawn()
+        elif not self._connect(CONNECT_TIMEOUT_S):
+            raise MonitorUnavailableError(
+                f"cannot reach the monitor process at {self._address.path}"
+            )
         self._link.start()
 
     def stop(self) -> None:
-        """Ship what is pending, let the monitor process flush the log, and stop it."""
+        """Ship what is pending, let the monitor process flush the log, and stop it (a
+        shared one is the supervisor's to stop: only let go of it)."""
         self._stop.set()
         if self._link.is_alive():
             self._link.join(LINK_JOIN_S)
         with self._send_lock:
             self._ship_locked()
+            if self._address is not None:
+                if self._conn is not None:
+                    self._conn.close()
+                return
             self._send_locked(Stop())
         self._stopped.wait(STOPPED_WAIT_S)
         if self._process is not None:
             self._process.join(PROCESS_JOIN_S)
             if self._process.is_alive():
                 self._process.terminate()
-        self.feedback.store.close()
 
     def set_model(self, bundle: ModelBundle) -> None:
         """A new version is served: the monitor process takes its reference profile."""
         self._bundle = bundle
-        self._set_model_info(bundle)
         with self._send_lock:
             self._ship_locked()
             self._send_locked(SwitchModel(bundle.path))
 
-    def _set_model_info(self, bundle: ModelBundle) -> None:
-        metrics.MODEL_INFO.clear()
-        metrics.MODEL_INFO.labels(bundle.name, bundle.version).set(1)
+    def _connect(self, timeout: float) -> bool:
+        """Connect to the shared monitor process, trying for up to ``timeout`` seconds."""
+        from multiprocessing.connection import Client
+
+        assert self._address is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                conn = Client(self._address.path, "AF_UNIX", authkey=self._address.authkey)
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.1)
+                continue
+            self._listen_to(conn)
+            return True
+
+    def _listen_to(self, conn: Connection) -> None:
+        self._conn = conn
+        self._replies.last = None  # nothing known of this process yet
+        self._stopped.clear()
+        self._lost.clear()
+        threading.Thread(
+            target=self._receive, args=(conn,), name="monitor-receive", daemon=True
+        ).start()
 
     def _spawn(self) -> None:
         context = multiprocessing.get_context("spawn")  # never fork a threaded server
@@ -168,12 +217,8 @@ class Monitor:
         )
         process.start()
         theirs.close()
-        self._conn, self._process = ours, process
-        self._replies.last = None  # nothing known of the new process yet
-        self._stopped.clear()
-        threading.Thread(
-            target=self._receive, args=(ours,), name="monitor-receive", daemon=True
-        ).start()
+        self._process = process
+        self._listen_to(ours)
 
     # --- the request path ---------------------------------------------------------
     def record(
@@ -192,7 +237,6 @@ class Monitor:
         self._pending.append(
             ModelCall(request_ids, pixels, probabilities, latency_s, model_version)
         )
-        self.feedback.remember(request_ids, probabilities)
 
     # --- the link to the monitor process ---------------------------------------------
     def _run_link(self) -> None:
@@ -203,6 +247,13 @@ class Monitor:
                     self._ship_slice_locked()
 
     def _restart_if_ended(self) -> None:
+        if self._address is not None:
+            if self._lost.is_set() and not self._stop.is_set():
+                log.warning("monitor process connection lost: connecting again")
+                time.sleep(RESTART_BACKOFF_S)
+                with self._send_lock:
+                    self._connect(timeout=0)
+            return
         process = self._process
         if process is None or process.is_alive():
             return
@@ -243,25 +294,32 @@ class Monitor:
                 message = conn.recv()
             except (EOFError, OSError):
                 break
-            if isinstance(message, StatusReply):
+            if isinstance(message, StatusReply | FeedbackReply):
                 self._replies.deliver(message)
             elif isinstance(message, Stopped):
                 break
         if conn is self._conn:  # not an earlier, restarted process
             self._stopped.set()
+            self._lost.set()
 
     # --- questions to the monitor process ---------------------------------------------
+    def _ask(self, question: StatusRequest | GiveFeedback, timeout: float) -> Reply | None:
+        """Send ``question`` after every prediction recorded so far; its reply, or None if
+        none comes within ``timeout``."""
+        with self._send_lock:
+            self._ship_locked()
+            sent = self._send_locked(question)
+        reply = self._replies.wait(question.seq, timeout) if sent else None
+        if reply is None:
+            log.warning("monitor process did not answer within %s s", timeout)
+        return reply
+
     def _state(self, timeout: float = STATUS_TIMEOUT_S) -> StatusReply:
         """The monitor process's metrics text and drift status, after it has processed
         every prediction recorded so far (the last known state if it does not answer)."""
-        seq = self._replies.next_seq()
-        with self._send_lock:
-            self._ship_locked()
-            sent = self._send_locked(StatusRequest(seq))
-        reply = self._replies.wait(seq, timeout) if sent else None
-        if reply is not None:
+        reply = self._ask(StatusRequest(self._replies.next_seq()), timeout)
+        if isinstance(reply, StatusReply):
             return reply
-        log.warning("monitor process did not answer within %s s", timeout)
         return self._replies.last or _unknown_state()
 
     def render_metrics(self) -> bytes:
@@ -277,10 +335,19 @@ class Monitor:
         return self._state().drift
 
     def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
-        """Store a true label; update live accuracy.
+        """Store a true label; update live accuracy (in the monitor process).
 
         Raises:
             KeyError: no prediction with ``request_id`` is remembered or logged.
-            sqlalchemy.exc.SQLAlchemyError: the prediction log's database is unavailable.
+            MonitorUnavailableError: the monitor process, or the prediction log's database,
+                cannot answer now.
         """
-        return self.feedback.record(request_id, label)
+        question = GiveFeedback(self._replies.next_seq(), request_id, label)
+        reply = self._ask(question, STATUS_TIMEOUT_S + FEEDBACK_WAIT_S)
+        if not isinstance(reply, FeedbackReply):
+            raise MonitorUnavailableError("the monitor process did not answer")
+        if reply.error == FEEDBACK_UNKNOWN:
+            raise KeyError(request_id)
+        if reply.answer is None:
+            raise MonitorUnavailableError("the prediction log's database is unavailable")
+        return reply.answer

@@ -2,7 +2,10 @@
 its tests, and the prediction log, for every prediction the serving process sends.
 
 It runs apart from the server so that none of this competes with request handling for
-the interpreter lock; ``service.Monitor`` starts it and talks to it through a pipe.
+the interpreter lock. ``service.Monitor`` starts it and talks to it through a pipe; with
+``mnistops serve --workers N`` the supervisor starts one for every worker, which listens
+on a Unix socket: one drift window, one live accuracy and one prediction-log writer over
+all the workers' predictions.
 """
 
 from __future__ import annotations
@@ -10,20 +13,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import signal
+import threading
 import time
-from multiprocessing.connection import Connection
+from multiprocessing import AuthenticationError, Pipe
+from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from mnistops.bundle import ReferenceProfile, load_bundle
 from mnistops.config import Settings
 from mnistops.features import FEATURE_NAMES, image_features
 from mnistops.monitor import metrics
 from mnistops.monitor.drift import DriftDetector, DriftReport
+from mnistops.monitor.feedback import Feedback
 from mnistops.monitor.messages import (
+    FEEDBACK_STORE_DOWN,
+    FEEDBACK_UNKNOWN,
+    FeedbackReply,
+    GiveFeedback,
     Predictions,
     StatusReply,
     StatusRequest,
@@ -32,7 +44,7 @@ from mnistops.monitor.messages import (
     SwitchModel,
     ToMonitor,
 )
-from mnistops.monitor.predlog import PredictionLog, now
+from mnistops.monitor.predlog import FeedbackStore, PredictionLog, now
 
 log = logging.getLogger("mnistops.monitor")
 
@@ -43,6 +55,18 @@ PIXEL_LEVELS = 255
 """Logged images are stored as uint8 grey levels."""
 LOGGED_DECIMALS = 6
 """Logged probabilities are rounded to this many decimals."""
+FEEDBACK_WAIT_S = 1.0
+"""With several workers, how long feedback for a prediction not seen yet waits for it:
+another worker ships its predictions every ``service.TICK_SECONDS``."""
+DRAIN_POLL_S = 1.0
+"""On Stop, how long a worker's connection may stay silent before it is given up on."""
+
+
+class MonitorAddress(NamedTuple):
+    """Where a shared monitor process listens, and the key a worker proves itself with."""
+
+    path: str
+    authkey: bytes
 
 
 class MonitorCore:
@@ -53,15 +77,18 @@ class MonitorCore:
     ) -> None:
         self.settings = settings
         self.log = PredictionLog(settings.prediction_log, settings.prediction_log_queue)
+        self.feedback = Feedback(FeedbackStore(settings.prediction_log))
         self._last_check = 0.0
         self.drift = DriftDetector(
             reference, settings.drift_window, settings.drift_check_every, settings.drift_alpha
         )
+        self._tried: set[int] = set()
+        """Feedback answered "not known yet" once (its ``seq``)."""
         self._set_labels(name, version)
         for reason in LOG_DROP_REASONS:  # export zeros before the first drop
             metrics.LOG_DROPPED.labels(reason)
 
-    def handle(self, message: ToMonitor) -> StatusReply | None:
+    def handle(self, message: ToMonitor) -> StatusReply | FeedbackReply | None:
         """Act on one message from the serving process; the reply to send, if any.
 
         ``Stop`` is the caller's to act on (it ends the loop); here it does nothing.
@@ -74,12 +101,37 @@ class MonitorCore:
                     log.exception("monitor failed to process %d predictions", len(message))
             case StatusRequest(seq=seq):
                 return StatusReply(seq, metrics.render_monitor(), self.drift_status())
+            case GiveFeedback():
+                return self.answer_feedback(message, last_try=True)
             case SwitchModel(bundle_dir=bundle_dir):
                 bundle = load_bundle(bundle_dir)
-                self.set_model(bundle.name, bundle.version, bundle.reference())
+                if (bundle.name, bundle.version) != self._model:  # every worker tells
+                    self.set_model(bundle.name, bundle.version, bundle.reference())
             case Stop():
                 pass
         return None
+
+    def answer_feedback(self, message: GiveFeedback, *, last_try: bool) -> FeedbackReply | None:
+        """Store a true label; None if its prediction is not known yet and this is not the
+        ``last_try`` (the log is searched on the first and the last try only)."""
+        first_try = message.seq not in self._tried
+        try:
+            answer = self.feedback.record(
+                message.request_id, message.label, look_in_log=first_try or last_try
+            )
+        except KeyError:
+            if not last_try:
+                self._tried.add(message.seq)
+                return None
+            answer = None
+        except SQLAlchemyError as exc:
+            log.warning("feedback not stored: %s", exc)
+            self._tried.discard(message.seq)
+            return FeedbackReply(message.seq, error=FEEDBACK_STORE_DOWN)
+        self._tried.discard(message.seq)
+        if answer is None:
+            return FeedbackReply(message.seq, error=FEEDBACK_UNKNOWN)
+        return FeedbackReply(message.seq, answer=answer)
 
     def set_model(self, name: str, version: str, reference: ReferenceProfile) -> None:
         """A new version is served: new reference profile, fresh drift window."""
@@ -88,6 +140,8 @@ class MonitorCore:
 
     def _set_labels(self, name: str, version: str) -> None:
         self._model = (name, version)
+        metrics.MODEL_INFO.clear()
+        metrics.MODEL_INFO.labels(name, version).set(1)
         metrics.CONFIDENCE.touch(self._model)
         self._low = metrics.LOW_CONFIDENCE.labels(name, version)
         self._digits = [metrics.PREDICTIONS.labels(name, version, str(d)) for d in range(10)]
@@ -101,6 +155,7 @@ class MonitorCore:
         confidence = batch.probabilities.max(axis=1)
         self._update_metrics(features, labels, confidence)
         self._maybe_check(features, batch.probabilities)
+        self.feedback.remember(batch.request_ids, batch.probabilities)
         self.log.put_many(self._log_rows(batch, features, labels, confidence))
 
     def _update_metrics(
@@ -182,17 +237,28 @@ class MonitorCore:
         }
 
 
-def run_monitor_process(conn: Connection, settings: Settings, bundle_dir: Path) -> None:
-    """The monitor process's entry point: handle messages from the serving process until
-    told to stop (or until the serving process is gone), then flush the prediction log."""
+def run_monitor_process(
+    conn: Connection,
+    settings: Settings,
+    bundle_dir: Path,
+    listen: MonitorAddress | None = None,
+) -> None:
+    """The monitor process's entry point: handle messages from the process that started it
+    (``conn``) and, given ``listen``, from every worker that connects there; until told to
+    stop (or until the starting process is gone), then flush the prediction log."""
     _yield_to_serving()
     bundle = load_bundle(bundle_dir)
     core = MonitorCore(settings, bundle.name, bundle.version, bundle.reference())
     core.log.start()
+    core.feedback.store.connect()
+    listener = Listener(listen.path, "AF_UNIX", authkey=listen.authkey) if listen else None
     try:
-        answer_until_stopped(conn, core)
+        Hub(core, conn, listener).run()
     finally:
+        if listener is not None:
+            listener.close()
         core.log.stop()
+        core.feedback.store.close()
         with contextlib.suppress(OSError, ValueError):
             conn.send(Stopped())
 
@@ -210,13 +276,117 @@ def _yield_to_serving() -> None:
 def answer_until_stopped(conn: Connection, core: MonitorCore) -> None:
     """Hand each message to ``core`` and send its reply, until ``Stop`` or the end of the
     pipe."""
-    while True:
+    Hub(core, conn).run()
+
+
+class _Deferred(NamedTuple):
+    conn: Connection
+    message: GiveFeedback
+    deadline: float
+
+
+class Hub:
+    """The monitor process's connections: its owner's (the process that started it: the
+    server, or the workers' supervisor) and, when it has a listener, every worker's.
+
+    Messages are handled in the order each connection sent them. With workers, feedback
+    for a prediction not seen yet waits up to ``FEEDBACK_WAIT_S`` for the worker that made
+    it to ship it.
+    """
+
+    def __init__(self, core: MonitorCore, owner: Connection, listener: Listener | None = None):
+        self.core = core
+        self.owner = owner
+        self.conns: list[Connection] = [owner]
+        self._deferred: list[_Deferred] = []
+        self._arrivals: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        self._wake, self._waker = Pipe(duplex=False)
+        if listener is not None:
+            threading.Thread(
+                target=self._accept, args=(listener,), name="monitor-accept", daemon=True
+            ).start()
+        self._shared = listener is not None
+
+    def run(self) -> None:
+        """Until ``Stop`` or the end of the owner's connection."""
+        while True:
+            for conn in wait([*self.conns, self._wake], self._timeout()):
+                if conn is self._wake:
+                    self._admit()
+                elif not self._receive(conn):  # type: ignore[arg-type]
+                    return
+            self._retry_deferred(time.monotonic())
+
+    def _receive(self, conn: Connection) -> bool:
+        """Handle one message from ``conn``; False when the monitor is to stop."""
         try:
             message = conn.recv()
         except (EOFError, OSError):
-            return  # the serving process is gone
+            self.conns.remove(conn)
+            return conn is not self.owner  # a worker may go; the owner's end is the end
         if isinstance(message, Stop):
-            return
-        reply = core.handle(message)
+            self._drain()
+            return False
+        self._handle(conn, message)
+        return True
+
+    def _handle(self, conn: Connection, message: ToMonitor) -> None:
+        reply: StatusReply | FeedbackReply | None
+        if isinstance(message, GiveFeedback):
+            reply = self.core.answer_feedback(message, last_try=not self._shared)
+            if reply is None:
+                self._deferred.append(_Deferred(conn, message, time.monotonic() + FEEDBACK_WAIT_S))
+                return
+        else:
+            reply = self.core.handle(message)
         if reply is not None:
+            self._send(conn, reply)
+
+    def _send(self, conn: Connection, reply: StatusReply | FeedbackReply) -> None:
+        with contextlib.suppress(OSError, ValueError):  # a worker gone: read as EOF next
             conn.send(reply)
+
+    def _timeout(self) -> float | None:
+        if not self._deferred:
+            return None
+        return max(0.0, min(d.deadline for d in self._deferred) - time.monotonic())
+
+    def _retry_deferred(self, now: float) -> None:
+        waiting, self._deferred = self._deferred, []
+        for item in waiting:
+            reply = self.core.answer_feedback(item.message, last_try=now >= item.deadline)
+            if reply is None:
+                self._deferred.append(item)
+            else:
+                self._send(item.conn, reply)
+
+    def _drain(self) -> None:
+        """Before stopping: what the workers sent before they went (they have gone by the
+        time the owner says Stop), and a last answer to deferred feedback."""
+        for conn in [c for c in self.conns if c is not self.owner]:
+            with contextlib.suppress(EOFError, OSError):
+                while conn.poll(DRAIN_POLL_S):
+                    message = conn.recv()
+                    if not isinstance(message, Stop):
+                        self._handle(conn, message)
+        self._retry_deferred(float("inf"))
+
+    def _accept(self, listener: Listener) -> None:
+        while True:
+            try:
+                conn = listener.accept()
+            except AuthenticationError:
+                log.warning("refused a connection to the monitor that did not authenticate")
+                continue
+            except OSError:
+                return  # the listener was closed
+            self._arrivals.put(conn)
+            with contextlib.suppress(OSError):
+                self._waker.send_bytes(b"")
+
+    def _admit(self) -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while self._wake.poll():
+                self._wake.recv_bytes()
+        while not self._arrivals.empty():
+            self.conns.append(self._arrivals.get_nowait())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI
 
@@ -20,6 +21,9 @@ from mnistops.serve.mlflow_protocol import router as mlflow_router
 from mnistops.serve.models import Loader, ModelSlot, load_predictor
 from mnistops.serve.runtime import MonitorHook, Runtime
 
+if TYPE_CHECKING:
+    from mnistops.monitor.worker import MonitorAddress
+
 SUMMARY = "Handwritten-digit recognition: JSON, image upload, Open Inference Protocol v2."
 
 
@@ -28,6 +32,7 @@ def create_app(
     bundle: ModelBundle | None = None,
     *,
     loader: Loader = load_predictor,
+    monitor_address: MonitorAddress | None = None,
 ) -> FastAPI:
     """Build the service: resolve and load the model, warm it up, wire monitoring.
 
@@ -35,12 +40,14 @@ def create_app(
         settings: everything configurable.
         bundle: a model folder already resolved (else ``settings.model_uri`` is resolved).
         loader: turns a bundle into a loaded predictor (tests hand in a fake one).
+        monitor_address: a shared monitor process to connect to (one of several workers);
+            else monitoring starts its own.
     """
     if bundle is None:
         from mnistops.registry import resolve
 
         bundle = resolve(settings.model_uri, settings)
-    runtime, monitor_routes = _runtime(settings, bundle, loader)
+    runtime, monitor_routes = _runtime(settings, bundle, loader, monitor_address)
     app = FastAPI(
         title="mnistops",
         version=__version__,
@@ -61,11 +68,14 @@ def create_app(
 
 
 def _runtime(
-    settings: Settings, bundle: ModelBundle, loader: Loader
+    settings: Settings,
+    bundle: ModelBundle,
+    loader: Loader,
+    monitor_address: MonitorAddress | None,
 ) -> tuple[Runtime, APIRouter | None]:
     """The loaded model, its slot, the batcher and the monitor; the monitor's routes."""
     predictor = loader(bundle, settings)  # a bad bundle fails here, before monitoring starts
-    monitor, monitor_routes = _monitoring(settings, bundle)
+    monitor, monitor_routes = _monitoring(settings, bundle, monitor_address)
     slot = ModelSlot(
         settings,
         predictor,
@@ -81,7 +91,7 @@ def _runtime(
 
 
 def _monitoring(
-    settings: Settings, bundle: ModelBundle
+    settings: Settings, bundle: ModelBundle, address: MonitorAddress | None
 ) -> tuple[MonitorHook | None, APIRouter | None]:
     """The monitor and its routes, or nothing when monitoring is off (then the monitor's
     modules are never imported)."""
@@ -90,7 +100,7 @@ def _monitoring(
     from mnistops.monitor.http import monitor_router
     from mnistops.monitor.service import Monitor
 
-    monitor = Monitor(settings, bundle)
+    monitor = Monitor(settings, bundle, address)
     return monitor, monitor_router(monitor)
 
 

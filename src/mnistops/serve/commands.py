@@ -39,13 +39,31 @@ def serve(
             show_default=shown_default("grpc_port"),
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Server processes on the port (one model each; one monitor for all).",
+            show_default=shown_default("workers"),
+        ),
+    ] = None,
 ) -> None:
     """Serve a model: /predict, the Open Inference Protocol (HTTP and gRPC), the MLflow
-    scoring protocol, /metrics, the page."""
+    scoring protocol, /metrics, the page. SIGHUP reloads the model; SIGTERM drains."""
     from mnistops.config import load_settings
-    from mnistops.serve.server import serve as run_server
 
-    run_server(load_settings(model_uri=model, host=host, port=port, grpc_port=grpc_port))
+    settings = load_settings(
+        model_uri=model, host=host, port=port, grpc_port=grpc_port, workers=workers
+    )
+    if settings.workers > 1:
+        from mnistops.serve.workers import serve_workers
+
+        serve_workers(settings)
+    else:
+        from mnistops.serve.server import serve as run_server
+
+        run_server(settings)
 
 
 def predict(

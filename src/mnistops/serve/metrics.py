@@ -2,7 +2,8 @@
 request middleware that counts them.
 
 They live in the default registry, which /metrics exposes beside the monitor's model,
-input and drift families (``mnistops.monitor.metrics``). Names follow Prometheus
+input and drift families (``mnistops.monitor.metrics``); with several workers, summed
+over all of them (prometheus_client's multiprocess mode). Names follow Prometheus
 conventions (``mnistops_`` prefix, ``_seconds``, ``_total``).
 """
 
@@ -44,7 +45,11 @@ REQUEST_DURATION = Histogram(
     ("route",),
     buckets=LATENCY_BUCKETS,
 )
-IN_FLIGHT = Gauge("mnistops_requests_in_flight", "HTTP requests being answered now.")
+IN_FLIGHT = Gauge(
+    "mnistops_requests_in_flight",
+    "HTTP requests being answered now.",
+    multiprocess_mode="livesum",  # with several workers: the sum over the live ones
+)
 REQUESTS_SHED = Counter(
     "mnistops_requests_shed",
     "HTTP requests refused with 503 at once because MNISTOPS_MAX_IN_FLIGHT were being answered.",

@@ -84,6 +84,8 @@ async def predict(request: Request) -> Response:
 )
 async def reload(runtime: RuntimeDep) -> Response:
     changed, message = await asyncio.to_thread(runtime.slot.reload)
+    if runtime.relay_reload is not None:  # one of several workers: every one reloads
+        runtime.relay_reload()
     return json_response(
         {"changed": changed, "message": message, "model_version": runtime.slot.current.version}
     )

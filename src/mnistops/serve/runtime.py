@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Protocol
 
 import numpy as np
@@ -67,6 +67,8 @@ class Runtime:
         self.batcher = batcher
         self.ready = False
         """False until started, and again from the moment shutdown begins."""
+        self.relay_reload: Callable[[], None] | None = None
+        """Tells the other workers (if any) to reload after this one's /admin/reload."""
         self._finish_first: list[Awaitable[None]] = []
 
     async def start(self) -> None:

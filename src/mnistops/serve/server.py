@@ -1,5 +1,6 @@
 """Run the service as a process (the entry point that calls ``create_app``) under uvicorn:
-ready only after warm-up; SIGTERM drains and exits 0."""
+ready only after warm-up; SIGTERM drains and exits 0; SIGHUP reloads the model. Several
+worker processes are supervised by ``serve.workers``."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import resource
+import signal
 import socket
+import sys
 import time
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -19,12 +26,13 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
-from mnistops.errors import ServeError
-from mnistops.predictor import Predictor
+from mnistops.errors import MnistopsError, ServeError, first_line
 from mnistops.serve.app import create_app  # this module runs the process: the one caller
 
 if TYPE_CHECKING:
+    from mnistops.monitor.worker import MonitorAddress
     from mnistops.serve.grpc_api import GrpcServer
     from mnistops.serve.runtime import Runtime
 
@@ -113,7 +121,9 @@ def serve(settings: Settings) -> None:
     """Load the model, then serve until SIGTERM/SIGINT (blocking).
 
     On SIGTERM readiness turns false at once, the listening socket closes, requests in
-    flight finish, and the process exits 0 within ``settings.grace_period_s``.
+    flight finish, and the process exits 0 within ``settings.grace_period_s``. SIGHUP
+    resolves the model URI again and swaps a new version in. (Several workers:
+    ``serve.workers.serve_workers``, which runs :func:`run_worker` in each.)
 
     Raises:
         ServeError: the address cannot be listened on.
@@ -123,18 +133,42 @@ def serve(settings: Settings) -> None:
         check_address(settings.host, settings.grpc_port, "MNISTOPS_GRPC_PORT")
     started = time.perf_counter()
     app = create_app(settings)
-    server = _draining_server(app, settings)
+    server = draining_server(app, settings)
     loaded_in = time.perf_counter() - started
-    print(_banner(app.state.runtime.slot.current, settings, loaded_in), flush=True)
+    print(banner(app.state.runtime.slot.current.bundle, settings, loaded_in), flush=True)
     server.run()
     if server.failure is not None:
         raise server.failure
 
 
-def _draining_server(app: FastAPI, settings: Settings) -> Any:
-    """A uvicorn server whose SIGTERM turns readiness off first and ends in exit 0."""
+def listening_socket(settings: Settings) -> socket.socket:
+    """The HTTP port, bound and listening, for worker processes to share (connections
+    wait in its backlog until a worker accepts them)."""
+    host = settings.host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{settings.port} ({exc.strerror})") from exc
+    sock.listen(min(BACKLOG, settings.max_connections * settings.workers))
+    sock.set_inheritable(True)
+    return sock
+
+
+def draining_server(app: FastAPI, settings: Settings, *, worker: bool = False) -> Any:
+    """A uvicorn server whose SIGTERM turns readiness off first and ends in exit 0, and
+    whose SIGHUP reloads the model.
+
+    Args:
+        worker: one of several workers: the gRPC port is shared (SO_REUSEPORT), and a
+            second SIGTERM or SIGINT does not cut the drain short (Ctrl-C reaches a
+            worker both from the terminal and through the supervisor).
+    """
     runtime = app.state.runtime
-    grpc_server = _grpc_server(runtime, settings)
+    grpc_server = _grpc_server(runtime, settings, reuse_port=worker)
 
     class DrainingServer(uvicorn.Server):
         failure: ServeError | None = None
@@ -143,6 +177,7 @@ def _draining_server(app: FastAPI, settings: Settings) -> Any:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             _freeze_heap()
             await super().startup(sockets)
+            _reload_on_hangup(runtime)
             if grpc_server is None or self.should_exit:
                 return
             try:
@@ -159,6 +194,8 @@ def _draining_server(app: FastAPI, settings: Settings) -> Any:
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             runtime.ready = False  # readiness probes fail from this moment
+            if worker and self.should_exit:
+                return  # the supervisor kills a worker whose drain outlasts the grace
             super().handle_exit(sig, frame)
             # uvicorn re-raises the signal after draining, so the process would end "killed
             # by SIGTERM"; a drained shutdown is a success: exit 0.
@@ -183,13 +220,31 @@ def _draining_server(app: FastAPI, settings: Settings) -> Any:
     return DrainingServer(config)
 
 
-def _grpc_server(runtime: Runtime, settings: Settings) -> GrpcServer | None:
+def _grpc_server(runtime: Runtime, settings: Settings, *, reuse_port: bool) -> GrpcServer | None:
     """The Open Inference Protocol's gRPC endpoint, unless ``grpc_port`` is 0."""
     if not settings.grpc_port:
         return None
     from mnistops.serve.grpc_api import GrpcServer
 
-    return GrpcServer(runtime, settings)
+    return GrpcServer(runtime, settings, reuse_port=reuse_port)
+
+
+def _reload_on_hangup(runtime: Runtime) -> None:
+    """SIGHUP: resolve the model URI again and swap a new version in (in a thread: the
+    registry's client blocks)."""
+
+    async def reload() -> None:
+        try:
+            _, message = await asyncio.to_thread(runtime.slot.reload)
+        except Exception:  # a failed reload keeps serving; a message says why
+            log.exception("reload failed; still serving version %s", runtime.slot.current.version)
+            return
+        log.warning("SIGHUP: %s", message)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no such signal here
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: asyncio.ensure_future(reload())
+        )
 
 
 def _freeze_heap() -> None:
@@ -216,16 +271,62 @@ def _allow_connections(wanted: int) -> int:
     return max(1, min(wanted, soft - DESCRIPTORS_RESERVED))
 
 
-def _banner(predictor: Predictor, settings: Settings, load_seconds: float) -> str:
+def banner(bundle: ModelBundle, settings: Settings, load_seconds: float) -> str:
+    """What ``mnistops serve`` prints once it is ready."""
     url = f"http://{settings.host}:{settings.port}"
+    workers = f"{settings.workers} workers, " if settings.workers > 1 else ""
     return (
-        f"mnistops serving {predictor.name} version {predictor.version} "
-        f"(loaded in {load_seconds:.2f} s)\n"
+        f"mnistops serving {bundle.name} version {bundle.version} "
+        f"({workers}loaded in {load_seconds:.2f} s)\n"
         f"  page     {url}/\n"
         f"  API docs {url}/docs\n"
         f"  metrics  {url}/metrics"
         + (f"\n  gRPC     {settings.host}:{settings.grpc_port}" if settings.grpc_port else "")
     )
+
+
+def run_worker(
+    settings: Settings,
+    bundle: ModelBundle,
+    sock: socket.socket,
+    address: MonitorAddress | None,
+    metrics_dir: str,
+    report: Connection,
+    go: Event,
+) -> None:
+    """One of several workers (``serve.workers``): load and warm up the model, report
+    (None, or why not), wait for every other worker, then serve on the shared socket
+    until SIGTERM."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") != metrics_dir:
+        raise RuntimeError("a worker must start with PROMETHEUS_MULTIPROC_DIR set")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until serving: the supervisor relays it
+    try:
+        app = create_app(settings, bundle, monitor_address=address)
+        server = draining_server(app, settings, worker=True)
+    except MnistopsError as exc:
+        report.send(str(exc))
+        sys.exit(1)
+    except Exception as exc:
+        report.send(first_line(exc))
+        raise
+    app.state.runtime.relay_reload = _ask_supervisor_to_reload
+    report.send(None)
+    report.close()
+    go.wait()
+    if settings.monitoring:  # /metrics sums this worker's process metrics from now on
+        from mnistops.monitor.metrics import WORKER_PID_FILE
+
+        Path(metrics_dir, WORKER_PID_FILE.format(pid=os.getpid())).touch()
+    server.run(sockets=[sock])
+    if server.failure is not None:
+        print(f"error: {server.failure}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _ask_supervisor_to_reload() -> None:
+    """After a worker's /admin/reload: the supervisor relays SIGHUP to every worker."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(os.getppid(), signal.SIGHUP)
 
 
 def app_from_environment() -> FastAPI:

@@ -12,7 +12,9 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 
+from mnistops.errors import MonitorUnavailableError
 from mnistops.monitor.feedback import Feedback
 from mnistops.monitor.http import monitor_router
 from mnistops.monitor.predlog import FeedbackStore, make_engine, meta, now, predictions
@@ -31,7 +33,10 @@ class SmallMonitor:
         return DRIFT
 
     def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
-        return self.feedback.record(request_id, label)
+        try:
+            return self.feedback.record(request_id, label)
+        except SQLAlchemyError as exc:  # as the monitor process answers it
+            raise MonitorUnavailableError(str(exc)) from exc
 
 
 @pytest.fixture
@@ -115,7 +120,8 @@ def test_feedback_outside_the_schema_is_422(feedback: Feedback, body: object) ->
 
 
 def test_feedback_while_the_log_store_is_down_is_503(tmp_path: Path) -> None:
-    store = FeedbackStore(f"sqlite:///{tmp_path / 'missing-folder' / 'predictions.db'}")
+    (tmp_path / "a-file").write_text("")  # no folder can be made there
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'a-file' / 'predictions.db'}")
     response = _call(Feedback(store), "POST", "/feedback", {"request_id": "r", "label": 1})
     store.close()
     assert response.status_code == 503

@@ -1,5 +1,5 @@
-"""The serving process's Monitor without its monitor process: recording, feedback on
-what it recorded, shipping order, and what it answers when the process is absent."""
+"""The serving process's Monitor without its monitor process: recording, shipping order,
+and what it answers when the process is absent."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
+from mnistops.errors import MonitorUnavailableError
 from mnistops.monitor import service
 from mnistops.monitor.messages import Predictions, SwitchModel
 from mnistops.monitor.service import Monitor
@@ -24,9 +25,7 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def monitor(tmp_path: Path) -> Iterator[Monitor]:
     bundle = ModelBundle(path=tmp_path / "v1", name="tiny-service", version="1")
-    monitor = Monitor(Settings(home=tmp_path), bundle)  # never started: no child process
-    yield monitor
-    monitor.feedback.store.close()
+    yield Monitor(Settings(home=tmp_path), bundle)  # never started: no child process
 
 
 def _record(monitor: Monitor, batch: Predictions) -> None:
@@ -43,12 +42,11 @@ def _dropped() -> float:
     return REGISTRY.get_sample_value("mnistops_monitor_dropped_total") or 0.0
 
 
-def test_feedback_finds_the_label_recorded_for_a_request(monitor: Monitor) -> None:
+def test_without_a_monitor_process_feedback_is_refused_as_unavailable(monitor: Monitor) -> None:
     batch = traffic(1, 3)
     _record(monitor, batch)
-    predicted = int(batch.probabilities[1].argmax())
-    answer = monitor.record_feedback(batch.request_ids[1], predicted)
-    assert answer["predicted"] == predicted and answer["correct"] is True
+    with pytest.raises(MonitorUnavailableError):
+        monitor.record_feedback(batch.request_ids[1], 1)
 
 
 def test_set_model_ships_what_was_recorded_before_the_switch(
@@ -77,8 +75,6 @@ def test_records_beyond_the_pending_limit_are_counted_not_kept(
     _record(monitor, traffic(1, 2))
     _record(monitor, traffic(2, 3))
     assert _dropped() - before == 3
-    with pytest.raises(KeyError):
-        monitor.record_feedback(traffic(2, 3).request_ids[0], 1)
 
 
 def test_without_a_monitor_process_the_drift_status_says_nothing_was_checked(

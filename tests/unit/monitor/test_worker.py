@@ -7,6 +7,8 @@ import logging
 import multiprocessing
 import re
 import threading
+from collections.abc import Iterator
+from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,11 @@ import sqlalchemy as sa
 from mnistops.bundle import ONNX_FILE, REFERENCE_FILE, write_metadata
 from mnistops.config import Settings
 from mnistops.features import FEATURE_NAMES
+from mnistops.monitor import worker
 from mnistops.monitor.messages import (
+    FEEDBACK_UNKNOWN,
+    FeedbackReply,
+    GiveFeedback,
     Predictions,
     StatusReply,
     StatusRequest,
@@ -24,7 +30,7 @@ from mnistops.monitor.messages import (
     SwitchModel,
 )
 from mnistops.monitor.predlog import predictions
-from mnistops.monitor.worker import MonitorCore, answer_until_stopped
+from mnistops.monitor.worker import Hub, MonitorCore, answer_until_stopped
 from tests.unit.monitor.traffic import profile, traffic
 
 pytestmark = pytest.mark.unit
@@ -144,3 +150,118 @@ def test_the_loop_ends_when_the_serving_process_is_gone(settings: Settings) -> N
     server.close()
     answer_until_stopped(monitor, core)  # returns on the end of the pipe, not hangs
     monitor.close()
+
+
+def test_the_log_of_a_home_folder_not_made_yet_gets_its_rows(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "not" / "made")
+    core = MonitorCore(settings, "tiny-new-home", "1", profile())
+    core.log.start()
+    core.handle(traffic(4, 3, prefix="home"))
+    core.log.stop()
+    engine = sa.create_engine(settings.prediction_log)
+    with engine.connect() as db:
+        assert db.execute(sa.select(sa.func.count()).select_from(predictions)).scalar() == 3
+    engine.dispose()
+
+
+def test_feedback_on_a_prediction_counts_and_an_unknown_id_is_refused(
+    settings: Settings,
+) -> None:
+    core = MonitorCore(settings, "tiny-feedback", "1", profile())
+    batch = traffic(1, 3, prefix="fb")
+    core.handle(batch)
+    predicted = int(batch.probabilities[1].argmax())
+    right = core.handle(GiveFeedback(1, batch.request_ids[1], predicted))
+    wrong = core.handle(GiveFeedback(2, batch.request_ids[2], (predicted + 1) % 10))
+    unknown = core.handle(GiveFeedback(3, "never-predicted", 4))
+    assert isinstance(right, FeedbackReply) and right.answer is not None
+    assert right.answer["correct"] is True and right.answer["predicted"] == predicted
+    assert isinstance(wrong, FeedbackReply) and wrong.answer is not None
+    assert wrong.answer["live_accuracy"] == 0.5
+    assert unknown == FeedbackReply(3, error=FEEDBACK_UNKNOWN)
+    assert "mnistops_live_accuracy 0.5" in _status(core).metrics_text.decode()
+
+
+@pytest.fixture
+def hub(settings: Settings, tmp_path: Path) -> Iterator[tuple[Connection, str, Hub]]:
+    """A shared monitor's hub on a Unix socket, run in a thread; its owner's end, the
+    socket's path, and the hub."""
+    path, key = str(tmp_path / "monitor.sock"), b"k" * 32
+    core = MonitorCore(settings, "tiny-hub", "1", profile())
+    owner, theirs = multiprocessing.get_context("spawn").Pipe()
+    listener = Listener(path, "AF_UNIX", authkey=key)
+    running = Hub(core, theirs, listener)
+    loop = threading.Thread(target=running.run, daemon=True)
+    loop.start()
+    yield owner, path, running
+    owner.send(Stop())
+    loop.join(10)
+    listener.close()
+    assert not loop.is_alive()
+
+
+def _worker(path: str) -> Connection:
+    return Client(path, "AF_UNIX", authkey=b"k" * 32)
+
+
+def test_the_shared_monitor_sees_every_workers_predictions(
+    hub: tuple[Connection, str, Hub],
+) -> None:
+    _, path, _ = hub
+    first, second = _worker(path), _worker(path)
+    first.send(traffic(1, 30, prefix="a"))
+    first.send(StatusRequest(seq=1))
+    assert first.recv().drift["observed"] == 30
+    second.send(traffic(2, 20, prefix="b"))
+    second.send(StatusRequest(seq=2))
+    reply = second.recv()
+    assert reply.seq == 2 and reply.drift["observed"] == 50
+    assert _predicted(reply.metrics_text.decode(), "tiny-hub") == 50
+
+
+def test_feedback_waits_for_the_worker_that_made_the_prediction(
+    hub: tuple[Connection, str, Hub], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "FEEDBACK_WAIT_S", 0.3)
+    _, path, _ = hub
+    predicting, asking = _worker(path), _worker(path)
+    batch = traffic(3, 2, prefix="late")
+    asking.send(GiveFeedback(7, batch.request_ids[0], 1))
+    assert not asking.poll(0.1)  # not refused: that prediction may still be on its way
+    predicting.send(batch)
+    reply = asking.recv()
+    assert reply.seq == 7 and reply.answer is not None, reply
+    asking.send(GiveFeedback(8, "never-predicted", 1))
+    assert asking.poll(5) and asking.recv() == FeedbackReply(8, error=FEEDBACK_UNKNOWN)
+
+
+def test_a_worker_that_goes_leaves_the_shared_monitor_running(
+    hub: tuple[Connection, str, Hub],
+) -> None:
+    _, path, _ = hub
+    gone = _worker(path)
+    gone.send(traffic(1, 10, prefix="gone"))
+    gone.close()
+    staying = _worker(path)
+    staying.send(StatusRequest(seq=3))
+    assert staying.poll(5) and staying.recv().drift["observed"] == 10
+
+
+def test_stop_first_takes_what_the_workers_sent(settings: Settings, tmp_path: Path) -> None:
+    path, key = str(tmp_path / "stop.sock"), b"k" * 32
+    core = MonitorCore(settings, "tiny-stop", "1", profile())
+    owner, theirs = multiprocessing.get_context("spawn").Pipe()
+    listener = Listener(path, "AF_UNIX", authkey=key)
+    running = Hub(core, theirs, listener)
+    loop = threading.Thread(target=running.run, daemon=True)
+    loop.start()
+    sender = _worker(path)
+    sender.send(StatusRequest(seq=1))  # connected and heard
+    assert sender.poll(5)
+    sender.recv()
+    sender.send(traffic(5, 40, prefix="last"))
+    sender.close()
+    owner.send(Stop())
+    loop.join(10)
+    listener.close()
+    assert core.drift.in_window == 40

@@ -21,6 +21,8 @@ from bench.results import (
     ServingResult,
     StressResult,
     TrainingResult,
+    WorkerRun,
+    WorkersResult,
 )
 from bench.targets import (
     PEER_CONCURRENCY,
@@ -50,6 +52,8 @@ def report(results: Results, date: str | None = None) -> str:
         lines += _batch(results.batch, found)
     if results.peers:
         lines += _peers(results.peers, found)
+    if results.workers:
+        lines += _workers(results.workers)
     if results.stress:
         lines += _stress(results.stress)
     return "\n".join(lines + _reproduce(results.stress_only))
@@ -296,6 +300,69 @@ def _peer_targets(peers: PeersResult, found: dict[str, float]) -> list[str]:
     return lines
 
 
+SCALING_CORES = (8, 16)
+
+
+def expected_rps(run: WorkerRun, cores: int) -> tuple[float, str]:
+    """Expected /predict throughput with one worker per core on ``cores`` cores (the load
+    coming from elsewhere), from the CPU a request costs; and what bounds it.
+
+    Every process but the monitor scales with the workers, so the cores bound the rate at
+    ``cores / CPU per request``; the monitor is one process for all of them, so it bounds
+    the rate at ``1 / its CPU per request``.
+    """
+    by_cores = cores * 1000 / run.server_cpu_ms if run.server_cpu_ms else float("inf")
+    by_monitor = 1000 / run.monitor_cpu_ms if run.monitor_cpu_ms else float("inf")
+    if by_monitor < by_cores:
+        return by_monitor, "the one monitor process"
+    return by_cores, "the cores"
+
+
+def _workers(workers: WorkersResult) -> list[str]:
+    counts = sorted(workers.runs)
+    levels = list(workers.runs[counts[0]].loads)
+    rows = {f"--workers {n}": workers.runs[n].loads for n in counts}
+    top = max(counts)
+    base, many = workers.runs[counts[0]], workers.runs[top]
+    ratios = ", ".join(
+        f"{many.loads[c].rps / base.loads[c].rps:.2f}× at c={c}"
+        for c in levels
+        if base.loads[c].rps
+    )
+    lines = [
+        "## Several workers per host",
+        "",
+        f"`mnistops serve --workers N` on this machine's {workers.cores} cores, wrk on the "
+        f"same cores (it takes one of them); {workers.repeats} alternated rounds, medians. "
+        "CPU per request is every process of the server (supervisor, workers, monitor) over "
+        f"the c={levels[-1]} run, from /proc.",
+        "",
+        *load_table("workers", rows, {f"c={c}": c for c in levels}),
+        "",
+        "| workers | CPU ms per request | of which the monitor |",
+        "|---|---:|---:|",
+        *(
+            f"| {n} | {workers.runs[n].server_cpu_ms:.3f} | {workers.runs[n].monitor_cpu_ms:.3f} |"
+            for n in counts
+        ),
+        "",
+        f"- --workers {top} against --workers {counts[0]}: {ratios}",
+    ]
+    for cores in SCALING_CORES:
+        rps, bound = expected_rps(many, cores)
+        lines.append(
+            f"- expected on {cores} cores with --workers {cores} (load from another host): "
+            f"about {rps:,.0f} req/s, bounded by {bound}"
+        )
+    lines += [
+        "  (the estimate assumes what the figures above show: the workers share nothing but "
+        "the monitor process, so their CPU per request stays as measured; it leaves out "
+        "memory bandwidth and the kernel's spreading of connections)",
+        "",
+    ]
+    return lines
+
+
 def _stress(stress: StressResult) -> list[str]:
     return [
         "## Stress",
@@ -320,6 +387,6 @@ def _reproduce(stress_only: bool) -> list[str]:
         "",
         "`make bench` (about 30 minutes; the first run also builds `bench/.work/labenv` with "
         "`tensorflow-cpu`, and the peers' venvs in `bench/.work/peers`). Parts: "
-        "`python -m bench.run --only training serving servers batch peers`.",
+        "`python -m bench.run --only training serving servers batch peers workers`.",
         "",
     ]

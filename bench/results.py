@@ -103,6 +103,27 @@ class PeersResult:
 
 
 @dataclass(frozen=True)
+class WorkerRun:
+    """One worker count's medians over the rounds."""
+
+    loads: dict[int, Load]
+    """By concurrency."""
+    server_cpu_ms: float
+    """CPU per answered request at the highest concurrency: every process of the server
+    (supervisor, workers, monitor)."""
+    monitor_cpu_ms: float
+    """Of which the monitor process's."""
+
+
+@dataclass(frozen=True)
+class WorkersResult:
+    repeats: int
+    cores: int
+    runs: dict[int, WorkerRun]
+    """By worker count."""
+
+
+@dataclass(frozen=True)
 class BatchResult:
     images: int
     batch: int
@@ -139,10 +160,11 @@ class Results:
     """The ASGI servers: medians by server, by load (``predict c=1``, ...)."""
     batch: BatchResult | None = None
     peers: PeersResult | None = None
+    workers: WorkersResult | None = None
     stress: StressResult | None = None
 
     @property
     def stress_only(self) -> bool:
         """Whether this is the soak alone (``--stress``)."""
-        others = (self.training, self.serving, self.servers, self.batch, self.peers)
+        others = (self.training, self.serving, self.servers, self.batch, self.peers, self.workers)
         return self.stress is not None and not any(others)

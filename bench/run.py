@@ -14,7 +14,9 @@ Everything is measured in one run on this machine and written, with its targets,
 - batch inference through the predictor against numpy's float32 GEMM throughput;
 - the serving peers: MLServer, BentoML, LitServe and a bare FastAPI app on the same ONNX
   file, each from a venv of its own, against ``/predict`` and the Open Inference
-  Protocol's infer (binary tensor and JSON), in interleaved rounds.
+  Protocol's infer (binary tensor and JSON), in interleaved rounds;
+- ``--workers 1`` against ``--workers 2``, with the CPU each request costs, and from it
+  the expected throughput on 8 and 16 cores.
 
 ``--stress`` instead runs a long soak: mixed good and bad requests at high
 concurrency, a hot reload under load, and checks that the service stays up with
@@ -46,7 +48,7 @@ from bench.workspace import BENCH, WORK, log
 
 RESULTS = BENCH / "results.md"
 STRESS = BENCH / "stress.md"
-SUITES = ("training", "serving", "servers", "batch", "peers")
+SUITES = ("training", "serving", "servers", "batch", "peers", "workers")
 ASGI_REPEATS = 2
 BATCH_REPEATS = 5
 
@@ -83,6 +85,8 @@ def run_suites(args: argparse.Namespace) -> Results:
         results.batch = batch.bench_batch(BATCH_REPEATS)
     if "peers" in args.only:
         results.peers = peers.bench_peers(args.seconds, args.repeats)
+    if "workers" in args.only:
+        results.workers = serving.bench_workers(args.seconds, args.repeats)
     return results
 
 

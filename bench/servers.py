@@ -153,7 +153,7 @@ def serving(
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants, in MiB."""
     total = 0
-    for member in _descendants(pid) | {pid}:
+    for member in descendants(pid) | {pid}:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{member}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -161,7 +161,29 @@ def tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def _descendants(pid: int) -> set[int]:
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: set[int]) -> float:
+    """User and system CPU time used so far by each of ``pids`` (those still running)."""
+    total = 0
+    for member in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def niceness(pid: int) -> int:
+    """The process's nice value (0 when it has ended)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except OSError:
+        return 0
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):

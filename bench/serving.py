@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import statistics
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,8 +24,20 @@ from bench.results import (
     NOOP_ROUTE,
     ServingResult,
     Startup,
+    WorkerRun,
+    WorkersResult,
 )
-from bench.servers import LOOPBACK, ServerProcess, free_port, http_ok, serving, tree_rss_mb
+from bench.servers import (
+    LOOPBACK,
+    ServerProcess,
+    cpu_seconds,
+    descendants,
+    free_port,
+    http_ok,
+    niceness,
+    serving,
+    tree_rss_mb,
+)
 from bench.training import ensure_lab_model
 from bench.workspace import (
     HOME,
@@ -55,6 +68,8 @@ VARIANTS = {
     DEFAULTS: {},
 }
 ASGI_LOADS = {"predict c=1": 1, "predict c=8": 8}
+WORKER_COUNTS = (1, 2)
+WORKERS_CONCURRENCY = (8, 32)
 ASGI_NOOP = ("noop c=8", 8)
 
 K = TypeVar("K")
@@ -267,3 +282,50 @@ def medians(runs: Mapping[str, Sequence[Mapping[K, Load]]]) -> dict[str, dict[K,
         name: {key: median_load([r[key] for r in rounds]) for key in rounds[0]}
         for name, rounds in runs.items()
     }
+
+
+def bench_workers(seconds: float, repeats: int) -> WorkersResult:
+    """``--workers 1`` against ``--workers 2``, alternated; CPU per request of the whole
+    server and of its monitor process, the figures the scaling estimate is made from."""
+    model_dir = export_champion()
+    rounds: dict[int, list[tuple[dict[int, Load], float, float]]] = {n: [] for n in WORKER_COUNTS}
+    for round_ in range(repeats):
+        for count in WORKER_COUNTS:
+            name = f"{MNISTOPS} --workers {count}"
+            contender = mnistops_server(name, model_dir, MNISTOPS_WORKERS=str(count))
+            with running(contender) as server:
+                log(f"  workers, round {round_ + 1}/{repeats}: {count}")
+                rounds[count].append(_worker_loads(contender, server.process.pid, seconds))
+    runs = {}
+    for count, measured in rounds.items():
+        loads = medians({"": [m[0] for m in measured]})[""]
+        runs[count] = WorkerRun(
+            loads,
+            float(statistics.median(m[1] for m in measured)),
+            float(statistics.median(m[2] for m in measured)),
+        )
+    return WorkersResult(repeats=repeats, cores=os.cpu_count() or 1, runs=runs)
+
+
+def _worker_loads(
+    contender: Contender, pid: int, seconds: float
+) -> tuple[dict[int, Load], float, float]:
+    """Loads by concurrency; CPU ms per request of the server and of its monitor process
+    (the one process of the tree that runs at a lower priority) at the last concurrency."""
+    run = functools.partial(wrk, contender.url, contender.body)
+    run(connections=WARMUP_CONNECTIONS, seconds=min(WARMUP_MAX_S, seconds))
+    tree = descendants(pid) | {pid}
+    monitor = {p for p in tree if niceness(p) > 0}
+    loads: dict[int, Load] = {}
+    server_ms = monitor_ms = 0.0
+    for c in WORKERS_CONCURRENCY:
+        before, before_monitor = cpu_seconds(tree), cpu_seconds(monitor)
+        loads[c] = load = run(connections=c, seconds=seconds)
+        answered = max(load.requests - load.bad, 1)
+        server_ms = (cpu_seconds(tree) - before) * 1000 / answered
+        monitor_ms = (cpu_seconds(monitor) - before_monitor) * 1000 / answered
+        log(
+            f"  {contender.name} c={c}: {load.rps:,.0f} req/s, p99 {load.p99_ms:.2f} ms; "
+            f"CPU {server_ms:.3f} ms/request, monitor {monitor_ms:.3f}"
+        )
+    return loads, server_ms, monitor_ms

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from bench.load import RESULT_PREFIX, Load, median_load, parse_output, started
-from bench.report import report
+from bench.report import expected_rps, report
 from bench.results import (
     PREDICT_JSON,
     V2_BINARY,
@@ -20,6 +20,8 @@ from bench.results import (
     StressResult,
     TrainingResult,
     TrainRun,
+    WorkerRun,
+    WorkersResult,
 )
 from bench.targets import TARGETS, Target, figures, target, verdicts
 
@@ -85,7 +87,12 @@ def _results() -> Results:
         servers={"uvicorn": {"predict c=1": Load(2000, 1, 2, 10, 0)}},
         batch=BatchResult(10_000, 4096, 2, 813_056, 197_745, 160.8, 192.7, 0.72),
         peers=peers,
+        workers=WorkersResult(2, 2, {1: _worker_run(3000, 0.5), 2: _worker_run(3600, 0.55)}),
     )
+
+
+def _worker_run(rps: float, cpu_ms: float) -> WorkerRun:
+    return WorkerRun({c: Load(rps, 1.0, 2.0, 1000, 0) for c in (8, 32)}, cpu_ms, 0.05)
 
 
 def _headings(markdown: str) -> list[str]:
@@ -171,3 +178,16 @@ def test_a_body_over_several_lines_is_refused() -> None:
     body = started("http://127.0.0.1:1/", [b"{\n}"], connections=1, seconds=1)
     with pytest.raises(ValueError, match="each on one line"), body:
         pass
+
+
+def test_the_scaling_estimate_is_bounded_by_the_cores_or_by_the_one_monitor() -> None:
+    cheap_monitor = WorkerRun({}, server_cpu_ms=0.5, monitor_cpu_ms=0.02)
+    assert expected_rps(cheap_monitor, 8) == (16_000, "the cores")
+    busy_monitor = WorkerRun({}, server_cpu_ms=0.5, monitor_cpu_ms=0.1)
+    assert expected_rps(busy_monitor, 8) == (10_000, "the one monitor process")
+
+
+def test_the_workers_section_gives_the_ratio_and_the_estimates() -> None:
+    rendered = report(_results())
+    assert "--workers 2 against --workers 1: 1.20× at c=8, 1.20× at c=32" in rendered
+    assert "expected on 16 cores with --workers 16" in rendered

@@ -92,25 +92,34 @@ def test_two_workers_share_the_port_and_the_monitor_and_drain_on_sigterm(
     with run_server(str(trained_bundle.path), free_port(), home, workers_env) as srv:
         children = _children(srv.process.pid)
         assert _names(children)["spawned"] >= WORKERS + 1, children  # workers and monitor
-        ids = []
+        ids, digits = [], []
         with _fresh(srv.url) as client:
             for i in range(sent):
                 answer = client.post("/predict", json={"image": mnist.x_test[i].tolist()})
                 assert answer.status_code == 200, answer.text
                 ids.append((answer.json()["request_id"], int(mnist.y_test[i])))
+                digits.append(answer.json()["digit"])
             per_worker = _predicted_per_pid(_metrics_dir(workers_env))
             assert len(per_worker) == WORKERS and min(per_worker.values()) > 0, per_worker
             # feedback straight after each prediction, whichever worker gets it
             for request_id, label in ids[:30]:
                 given = client.post("/feedback", json={"request_id": request_id, "label": label})
                 assert given.status_code == 200, given.text
-            drift = client.get("/monitoring/drift").json()
+            grpc_sent = _grpc_predictions(srv.grpc_port, mnist, digits)  # on every worker
+            sent += grpc_sent
+            # another worker ships what it predicted within a tick (50 ms): wait for it
+            deadline = time.monotonic() + 5
+            while (drift := client.get("/monitoring/drift").json())["observed"] < sent:
+                assert time.monotonic() < deadline, drift
+                time.sleep(0.1)
             text = client.get("/metrics").text
         assert drift["observed"] == sent
         predict_ok = (
             r'^mnistops_requests_total\{method="POST",route="/predict",status="200"\} (\S+)$'
         )
-        assert _sample(text, predict_ok) == [sent]
+        assert _sample(text, predict_ok) == [sent - grpc_sent]
+        grpc_ok = r'^mnistops_requests_total\{method="GRPC",[^}]*status="200"\} (\S+)$'
+        assert sum(_sample(text, grpc_ok)) >= grpc_sent
         assert sum(_sample(text, r"^mnistops_predictions_total\{[^}]*\} (\S+)$")) == sent
         feedback = sum(_sample(text, r"^mnistops_feedback_total\{[^}]*\} (\S+)$"))
         assert feedback == 30
@@ -137,6 +146,23 @@ def test_two_workers_share_the_port_and_the_monitor_and_drain_on_sigterm(
     assert logged == answered  # every worker's predictions, flushed before exit
     assert labelled == 30
     assert not list(Path(workers_env["TMPDIR"]).glob("mnistops-serve-*"))  # cleaned up
+
+
+def _grpc_predictions(port: int, mnist: Mnist, digits: list[int]) -> int:
+    """The first images again through tritonclient.grpc, a new channel each: the digits
+    /predict gave (``digits``) come back; how many calls were made."""
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    calls = 10
+    for i in range(calls):
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        tensor = triton.InferInput("pixels", [1, 784], "UINT8")
+        tensor.set_data_from_numpy(np.asarray(mnist.x_test[i], np.uint8).reshape(1, 784))
+        result = client.infer("mnist-classifier", [tensor])
+        assert int(result.as_numpy("label")[0]) == digits[i]
+        client.close()
+    return calls
 
 
 def _state(pid: int) -> bytes:

@@ -8,6 +8,7 @@ import multiprocessing
 import re
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from tests.unit.monitor.traffic import profile, traffic
 
 pytestmark = pytest.mark.unit
 WINDOW, EVERY = 200, 100
+KEY = b"k" * 32
+"""The shared monitor's authkey in these tests."""
 
 
 @pytest.fixture
@@ -182,32 +185,46 @@ def test_feedback_on_a_prediction_counts_and_an_unknown_id_is_refused(
     assert "mnistops_live_accuracy 0.5" in _status(core).metrics_text.decode()
 
 
+@dataclass
+class SharedHub:
+    """A shared monitor's hub on a Unix socket, run in a thread."""
+
+    owner: Connection
+    """The end of the process that started it (it says Stop)."""
+    path: str
+    core: MonitorCore
+    listener: Listener
+    loop: threading.Thread
+
+    def stop(self) -> None:
+        if self.loop.is_alive():
+            self.owner.send(Stop())
+            self.loop.join(10)
+            self.listener.close()
+        assert not self.loop.is_alive()
+
+
 @pytest.fixture
-def hub(settings: Settings, tmp_path: Path) -> Iterator[tuple[Connection, str, Hub]]:
-    """A shared monitor's hub on a Unix socket, run in a thread; its owner's end, the
-    socket's path, and the hub."""
-    path, key = str(tmp_path / "monitor.sock"), b"k" * 32
+def hub(settings: Settings, tmp_path: Path) -> Iterator[SharedHub]:
+    path = str(tmp_path / "monitor.sock")
     core = MonitorCore(settings, "tiny-hub", "1", profile())
     owner, theirs = multiprocessing.get_context("spawn").Pipe()
-    listener = Listener(path, "AF_UNIX", authkey=key)
-    running = Hub(core, theirs, listener)
-    loop = threading.Thread(target=running.run, daemon=True)
+    listener = Listener(path, "AF_UNIX", authkey=KEY)
+    loop = threading.Thread(target=Hub(core, theirs, listener).run, daemon=True)
     loop.start()
-    yield owner, path, running
-    owner.send(Stop())
-    loop.join(10)
-    listener.close()
-    assert not loop.is_alive()
+    shared = SharedHub(owner, path, core, listener, loop)
+    yield shared
+    shared.stop()
 
 
 def _worker(path: str) -> Connection:
-    return Client(path, "AF_UNIX", authkey=b"k" * 32)
+    return Client(path, "AF_UNIX", authkey=KEY)
 
 
 def test_the_shared_monitor_sees_every_workers_predictions(
-    hub: tuple[Connection, str, Hub],
+    hub: SharedHub,
 ) -> None:
-    _, path, _ = hub
+    path = hub.path
     first, second = _worker(path), _worker(path)
     first.send(traffic(1, 30, prefix="a"))
     first.send(StatusRequest(seq=1))
@@ -220,10 +237,10 @@ def test_the_shared_monitor_sees_every_workers_predictions(
 
 
 def test_feedback_waits_for_the_worker_that_made_the_prediction(
-    hub: tuple[Connection, str, Hub], monkeypatch: pytest.MonkeyPatch
+    hub: SharedHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(worker, "FEEDBACK_WAIT_S", 0.3)
-    _, path, _ = hub
+    path = hub.path
     predicting, asking = _worker(path), _worker(path)
     batch = traffic(3, 2, prefix="late")
     asking.send(GiveFeedback(7, batch.request_ids[0], 1))
@@ -236,9 +253,9 @@ def test_feedback_waits_for_the_worker_that_made_the_prediction(
 
 
 def test_a_worker_that_goes_leaves_the_shared_monitor_running(
-    hub: tuple[Connection, str, Hub],
+    hub: SharedHub,
 ) -> None:
-    _, path, _ = hub
+    path = hub.path
     gone = _worker(path)
     gone.send(traffic(1, 10, prefix="gone"))
     gone.close()
@@ -247,21 +264,12 @@ def test_a_worker_that_goes_leaves_the_shared_monitor_running(
     assert staying.poll(5) and staying.recv().drift["observed"] == 10
 
 
-def test_stop_first_takes_what_the_workers_sent(settings: Settings, tmp_path: Path) -> None:
-    path, key = str(tmp_path / "stop.sock"), b"k" * 32
-    core = MonitorCore(settings, "tiny-stop", "1", profile())
-    owner, theirs = multiprocessing.get_context("spawn").Pipe()
-    listener = Listener(path, "AF_UNIX", authkey=key)
-    running = Hub(core, theirs, listener)
-    loop = threading.Thread(target=running.run, daemon=True)
-    loop.start()
-    sender = _worker(path)
+def test_stop_first_takes_what_the_workers_sent(hub: SharedHub) -> None:
+    sender = _worker(hub.path)
     sender.send(StatusRequest(seq=1))  # connected and heard
     assert sender.poll(5)
     sender.recv()
     sender.send(traffic(5, 40, prefix="last"))
     sender.close()
-    owner.send(Stop())
-    loop.join(10)
-    listener.close()
-    assert core.drift.in_window == 40
+    hub.stop()
+    assert hub.core.drift.in_window == 40

@@ -258,3 +258,33 @@ def test_a_worker_that_cannot_load_the_model_ends_the_start_in_one_line(
     assert "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "failed to start" in errors[0], result.stderr
+
+
+def test_a_killed_monitor_is_started_again_and_every_worker_reconnects(
+    trained_bundle: ModelBundle, tmp_path: Path, workers_env: dict[str, str]
+) -> None:
+    from bench.servers import niceness
+
+    with run_server(str(trained_bundle.path), free_port(), tmp_path, workers_env) as srv:
+        children = set(_children(srv.process.pid))
+        (monitor,) = [pid for pid in children if niceness(pid) > 0]  # it yields to serving
+        os.kill(monitor, signal.SIGKILL)
+        with _fresh(srv.url) as client:
+            deadline = time.monotonic() + 30
+            while True:  # predictions go on throughout; the new monitor counts from zero
+                answer = client.post("/predict", json={"image": [[0.0] * 28] * 28})
+                assert answer.status_code == 200, answer.text
+                drift = client.get("/monitoring/drift").json()
+                if drift.get("observed", 0) >= 20:
+                    break
+                assert time.monotonic() < deadline, drift
+                time.sleep(0.1)
+            assert monitor not in set(_children(srv.process.pid))
+            # both workers reach the new one: 40 predictions on fresh connections all counted
+            before = drift["observed"]
+            for _ in range(40):
+                client.post("/predict", json={"image": [[0.0] * 28] * 28})
+            deadline = time.monotonic() + 5
+            while client.get("/monitoring/drift").json()["observed"] < before + 40:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     """At most one drift check per this many seconds, however busy the service is."""
     drift_alpha: float = 0.001
     """Family-wise significance level of the drift verdict (Bonferroni over all tests)."""
+    feedback_max_age_s: float = Field(default=7 * 24 * 3600, gt=0)
+    """Feedback is taken for predictions at most this old (a week); older ones get 410."""
+    feedback_token: str | None = None
+    """Bearer token that POST /feedback requires when set (open when unset, as the draw
+    page sends feedback without one)."""
     low_confidence: float = 0.6
     """Predictions less confident than this are counted as low-confidence."""
     prediction_log_url: str | None = None

@@ -35,6 +35,12 @@ class ServeError(MnistopsError):
     """The server cannot listen where it was told to."""
 
 
+class AlreadyLabelledError(MnistopsError):
+    """Feedback for a prediction that has its true label already."""
+
+    http_status = 409
+
+
 class MonitorUnavailableError(MnistopsError):
     """The monitor process, or the prediction log behind it, cannot answer now."""
 

@@ -103,3 +103,26 @@ def test_page_loads_nothing_from_outside(browser: Browser, live: RunningServer) 
     page.goto(live.url + "/")
     page.wait_for_load_state("networkidle")
     assert requested and all(url.startswith(live.url) for url in requested), requested
+
+
+def test_telling_the_right_digit_records_feedback_once(
+    page: Page, live: RunningServer, mnist: Mnist, tmp_path: Path
+) -> None:
+    path = tmp_path / "digit.png"
+    Image.fromarray(mnist.x_test[0]).save(path, "PNG")  # a 7
+    page.click("#clear")
+    assert not page.locator("#feedback").is_visible()
+    page.set_input_files("#file", str(path))
+    page.wait_for_function("document.getElementById('digit').textContent !== ''", timeout=10_000)
+    assert page.locator("#feedback").is_visible()
+    page.click("#labels button[data-label='1']")  # "wrong: it is a 1"
+    page.wait_for_function(
+        "document.getElementById('thanks').textContent.includes('recorded as 1')", timeout=10_000
+    )
+    page.click("#labels button[data-label='2']")  # a second label for the same prediction
+    page.wait_for_function(
+        "document.getElementById('thanks').textContent.includes('one label per prediction')",
+        timeout=10_000,
+    )
+    metrics = live.client().get("/metrics").text
+    assert 'mnistops_feedback_total{correct="false"} 1.0' in metrics

@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from mnistops.bundle import ModelBundle
 from mnistops.data import Mnist
+from mnistops.ids import ISSUED
 from mnistops.serve.grpc_api import MESSAGES, SERVICE
 from tests.support.digits import png, predict_answers
 from tests.support.server import RunningServer, run_server
@@ -150,15 +151,22 @@ def test_numpy_inputs_answer_what_predict_answers(
     assert result.as_numpy("probabilities") == pytest.approx(probabilities, abs=tolerance)
 
 
-def test_outputs_as_asked_with_the_id_echoed(
+def test_outputs_as_asked_with_the_id_echoed_and_the_servers_id_for_feedback(
     client: triton.InferenceServerClient,
+    live: RunningServer,
     images: np.ndarray,
     predicted: tuple[np.ndarray, np.ndarray],
 ) -> None:
     label_only = [triton.InferRequestedOutput("label")]
-    result = _infer(client, images, "UINT8", outputs=label_only, request_id="数字 7\r\n")
+    result = _infer(client, images[:1], "UINT8", outputs=label_only, request_id="数字 7\r\n")
     response = result.get_response()
     assert response.id == "数字 7\r\n" and [o.name for o in response.outputs] == ["label"]
+    issued = response.parameters["request_id"].string_param
+    assert ISSUED.fullmatch(issued)
+    label = int(predicted[1][0])
+    given = live.client().post("/feedback", json={"request_id": issued, "label": label})
+    assert given.status_code == 200 and given.json()["correct"] is True, given.text
+    result = _infer(client, images, "UINT8", outputs=label_only, request_id="数字 7\r\n")
     assert result.as_numpy("label").tolist() == predicted[1].tolist()
     assert result.as_numpy("probabilities") is None
     assert response.model_name == MODEL and response.model_version == VERSION

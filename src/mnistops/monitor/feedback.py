@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mnistops.errors import AlreadyLabelledError
 from mnistops.monitor import metrics
 from mnistops.monitor.predlog import FeedbackStore
 
@@ -30,6 +31,8 @@ class Feedback:
         self.store = store
         self._recent: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._correct: collections.deque[bool] = collections.deque(maxlen=FEEDBACK_WINDOW)
+        self._labelled: collections.OrderedDict[str, None] = collections.OrderedDict()
+        """Requests labelled lately (older ones are looked up in the store)."""
         for correct in ("true", "false"):  # export zeros before the first label
             metrics.FEEDBACK.labels(correct)
 
@@ -48,6 +51,7 @@ class Feedback:
 
         Raises:
             KeyError: no prediction with ``request_id`` is remembered (or logged).
+            AlreadyLabelledError: that prediction has its label already (one per id).
             sqlalchemy.exc.SQLAlchemyError: the prediction log's database is unavailable.
         """
         predicted = self._recent.get(request_id)
@@ -55,7 +59,12 @@ class Feedback:
             predicted = self.store.lookup_label(request_id)
         if predicted is None:
             raise KeyError(request_id)
+        if request_id in self._labelled or self.store.has_feedback(request_id):
+            raise AlreadyLabelledError(f"request {request_id} has its true label already")
         self.store.add_feedback(request_id, label)
+        self._labelled[request_id] = None
+        while len(self._labelled) > RECENT_PREDICTIONS:
+            self._labelled.popitem(last=False)
         correct = predicted == label
         self._correct.append(correct)
         metrics.FEEDBACK.labels(str(correct).lower()).inc()

@@ -7,14 +7,18 @@ The routes do HTTP only; the monitor they are handed does the work, in a worker 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+import time
+from typing import Annotated, Any, Protocol
 
 import orjson
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, Header, HTTPException
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from mnistops.errors import MonitorUnavailableError
+from mnistops.auth import check_bearer
+from mnistops.config import Settings
+from mnistops.errors import AlreadyLabelledError, MonitorUnavailableError
+from mnistops.ids import issued_at
 
 JSON = "application/json"
 TAG = "monitoring"
@@ -35,9 +39,19 @@ class FeedbackRequest(BaseModel):
     label: int = Field(ge=0, le=9, description="The digit actually written.")
 
 
-def monitor_router(monitor: DriftAndFeedback) -> APIRouter:
-    """GET /monitoring/drift and POST /feedback, answered by ``monitor``."""
+def monitor_router(monitor: DriftAndFeedback, settings: Settings) -> APIRouter:
+    """GET /monitoring/drift and POST /feedback, answered by ``monitor``.
+
+    Feedback is taken once per prediction, for ids this service issued (the X-Request-ID
+    of the prediction, or its ``request_id``), at most ``feedback_max_age_s`` old, and
+    with ``feedback_token`` when one is set. Ids that are not this service's, or too old,
+    are refused at the edge: they never reach the monitor process or the database.
+    """
     router = APIRouter(tags=[TAG])
+
+    async def check_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if settings.feedback_token:
+            check_bearer(authorization, settings.feedback_token, "feedback")
 
     @router.get("/monitoring/drift")
     async def drift() -> Response:
@@ -45,13 +59,33 @@ def monitor_router(monitor: DriftAndFeedback) -> APIRouter:
         status = await asyncio.to_thread(monitor.drift_status)
         return Response(orjson.dumps(status), media_type=JSON)
 
-    @router.post("/feedback", responses={404: {}, 422: {}})
+    @router.post(
+        "/feedback",
+        dependencies=[Depends(check_token)],
+        responses={401: {}, 403: {}, 404: {}, 409: {}, 410: {}, 422: {}, 503: {}},
+    )
     async def give_feedback(body: FeedbackRequest) -> Response:
-        """Record the true label of an earlier prediction (by its request id)."""
+        """Record the true label of an earlier prediction (by its request id), once."""
+        unknown = (
+            f"no prediction with request_id {body.request_id!r}: send the X-Request-ID "
+            "(or request_id) this service answered the prediction with"
+        )
+        issued = issued_at(body.request_id)
+        if issued is None:
+            raise HTTPException(404, unknown)
+        age = time.time() - issued
+        if age > settings.feedback_max_age_s:
+            raise HTTPException(
+                410,
+                f"the prediction is {age:.0f} s old; feedback is taken within "
+                f"{settings.feedback_max_age_s:.0f} s (MNISTOPS_FEEDBACK_MAX_AGE_S)",
+            )
         try:
             answer = await asyncio.to_thread(monitor.record_feedback, body.request_id, body.label)
         except KeyError as exc:
-            raise HTTPException(404, f"no prediction with request_id {body.request_id!r}") from exc
+            raise HTTPException(404, unknown) from exc
+        except AlreadyLabelledError as exc:
+            raise HTTPException(409, f"{exc}: one label per prediction") from exc
         except MonitorUnavailableError as exc:
             raise HTTPException(
                 503, "the prediction log store is unavailable; send the feedback again later"

@@ -112,16 +112,19 @@ FEEDBACK_UNKNOWN = "unknown"
 """``FeedbackReply.error``: no prediction with that request id is remembered or logged."""
 FEEDBACK_STORE_DOWN = "store"
 """``FeedbackReply.error``: the prediction log's database is unavailable."""
+FEEDBACK_LABELLED = "labelled"
+"""``FeedbackReply.error``: that prediction has its true label already."""
 
 
 @dataclass(frozen=True)
 class FeedbackReply:
     """The answer to the ``GiveFeedback`` with the same ``seq``: ``answer`` (what
-    POST /feedback returns), or ``error`` (``FEEDBACK_UNKNOWN`` or ``FEEDBACK_STORE_DOWN``)."""
+    POST /feedback returns), or ``error``."""
 
     seq: int
     answer: dict[str, Any] | None = None
     error: str | None = None
+    """``FEEDBACK_UNKNOWN``, ``FEEDBACK_LABELLED`` or ``FEEDBACK_STORE_DOWN``."""
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,14 @@ class FeedbackStore(_Store):
         with self._ready_engine().begin() as db:
             db.execute(feedback.insert(), [{"ts": now(), "request_id": request_id, "label": label}])
 
+    def has_feedback(self, request_id: str) -> bool:
+        """Whether a true label is stored for ``request_id``."""
+        with self._ready_engine().connect() as db:
+            found = db.execute(
+                sa.select(feedback.c.id).where(feedback.c.request_id == request_id).limit(1)
+            ).first()
+        return found is not None
+
     def lookup_label(self, request_id: str) -> int | None:
         """The label predicted for a logged request, if it is in the store."""
         with self._ready_engine().connect() as db:

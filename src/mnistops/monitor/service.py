@@ -32,9 +32,10 @@ import numpy as np
 
 from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
-from mnistops.errors import MonitorUnavailableError
+from mnistops.errors import AlreadyLabelledError, MonitorUnavailableError
 from mnistops.monitor import metrics
 from mnistops.monitor.messages import (
+    FEEDBACK_LABELLED,
     FEEDBACK_UNKNOWN,
     FeedbackReply,
     GiveFeedback,
@@ -339,6 +340,7 @@ class Monitor:
 
         Raises:
             KeyError: no prediction with ``request_id`` is remembered or logged.
+            AlreadyLabelledError: that prediction has its true label already.
             MonitorUnavailableError: the monitor process, or the prediction log's database,
                 cannot answer now.
         """
@@ -348,6 +350,8 @@ class Monitor:
             raise MonitorUnavailableError("the monitor process did not answer")
         if reply.error == FEEDBACK_UNKNOWN:
             raise KeyError(request_id)
+        if reply.error == FEEDBACK_LABELLED:
+            raise AlreadyLabelledError(f"request {request_id} has its true label already")
         if reply.answer is None:
             raise MonitorUnavailableError("the prediction log's database is unavailable")
         return reply.answer

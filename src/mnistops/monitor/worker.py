@@ -27,11 +27,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mnistops.bundle import ReferenceProfile, load_bundle
 from mnistops.config import Settings
+from mnistops.errors import AlreadyLabelledError
 from mnistops.features import FEATURE_NAMES, image_features
 from mnistops.monitor import metrics
 from mnistops.monitor.drift import DriftDetector, DriftReport
 from mnistops.monitor.feedback import Feedback
 from mnistops.monitor.messages import (
+    FEEDBACK_LABELLED,
     FEEDBACK_STORE_DOWN,
     FEEDBACK_UNKNOWN,
     FeedbackReply,
@@ -58,6 +60,8 @@ LOGGED_DECIMALS = 6
 FEEDBACK_WAIT_S = 1.0
 """With several workers, how long feedback for a prediction not seen yet waits for it:
 another worker ships its predictions every ``service.TICK_SECONDS``."""
+MAX_DEFERRED = 1000
+"""Feedback waiting for its prediction at most; beyond, unknown ids are refused at once."""
 DRAIN_POLL_S = 1.0
 """On Stop, how long a worker's connection may stay silent before it is given up on."""
 
@@ -124,6 +128,9 @@ class MonitorCore:
                 self._tried.add(message.seq)
                 return None
             answer = None
+        except AlreadyLabelledError:
+            self._tried.discard(message.seq)
+            return FeedbackReply(message.seq, error=FEEDBACK_LABELLED)
         except SQLAlchemyError as exc:
             log.warning("feedback not stored: %s", exc)
             self._tried.discard(message.seq)

@@ -101,7 +101,7 @@ def _monitoring(
     from mnistops.monitor.service import Monitor
 
     monitor = Monitor(settings, bundle, address)
-    return monitor, monitor_router(monitor)
+    return monitor, monitor_router(monitor, settings)
 
 
 def _lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:

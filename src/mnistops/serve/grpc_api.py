@@ -29,6 +29,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message, message_fa
 from mnistops import __version__
 from mnistops.config import Settings
 from mnistops.errors import MnistopsError, ServeError
+from mnistops.ids import new_request_id
 from mnistops.imaging import InputError
 from mnistops.serve import v2
 from mnistops.serve.inputs import RequestedOutput, infer_request
@@ -137,16 +138,19 @@ class InferenceService:
         inputs = infer_request(payload, binary, runtime.settings)
         # raw contents always: the protocol's compact form, which every client reads
         wanted = tuple(RequestedOutput(o.name, True) for o in v2.wanted_outputs(inputs))
-        predictor, probs = await runtime.predict(inputs.pixels, v2.log_id(inputs.id))
+        request_id = new_request_id()  # the log's key, as on HTTP; the client's id is echoed
+        predictor, probs = await runtime.predict(inputs.pixels, request_id)
         described, chunks = v2.output_tensors(wanted, probs)
         output = MESSAGES["ModelInferResponse"].InferOutputTensor
-        return MESSAGES["ModelInferResponse"](
+        answer = MESSAGES["ModelInferResponse"](
             model_name=predictor.name,
             model_version=predictor.version,
             id=request.id,
             outputs=[_described(output, d) for d in described],
             raw_output_contents=chunks,
         )
+        answer.parameters[v2.REQUEST_ID_PARAMETER].string_param = request_id  # for feedback
+        return answer
 
 
 def _described(kind: Any, tensor: dict[str, Any]) -> Any:

@@ -4,9 +4,6 @@ request ids, admin auth and the page."""
 from __future__ import annotations
 
 import functools
-import hmac
-import os
-import time
 from collections.abc import Callable, Coroutine, Mapping
 from http import HTTPStatus
 from pathlib import Path
@@ -18,14 +15,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mnistops.auth import check_bearer
 from mnistops.errors import MnistopsError
+from mnistops.ids import new_request_id
 from mnistops.serve import schemas
 from mnistops.serve.runtime import RuntimeDep
 
+__all__ = ["new_request_id"]  # the routes' import of it
 STATIC = Path(__file__).with_name("static")
 REQUEST_ID_HEADER = "X-Request-ID"
 JSON = "application/json"
-BEARER = "bearer "
 API_LISTED = "the routes and their bodies are listed at /docs"
 VALIDATION_PROBLEMS_SHOWN = 5
 """A 422 lists at most this many problems of a request body."""
@@ -79,15 +78,6 @@ EXCEPTION_HANDLERS: dict[int | type[Exception], Handler] = {
 """The one map from exception to response, handed to ``FastAPI(exception_handlers=)``."""
 
 
-def new_request_id() -> str:
-    """32 hex digits: milliseconds since the epoch, then 80 random bits (like UUIDv7).
-
-    Ids that grow with time keep the prediction log's index on them appending at its
-    end instead of rewriting random pages (about twice as cheap per row in SQLite).
-    """
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
-
-
 async def check_admin(
     runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None
 ) -> None:
@@ -100,15 +90,7 @@ async def check_admin(
     token = runtime.settings.admin_token
     if not token:
         raise HTTPException(404, "admin routes are disabled: set MNISTOPS_ADMIN_TOKEN")
-    if not authorization or not authorization.lower().startswith(BEARER):
-        raise HTTPException(
-            401,
-            "send the admin token as 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    sent = authorization[len(BEARER) :].strip()
-    if not hmac.compare_digest(sent.encode(), token.encode()):
-        raise HTTPException(403, "wrong admin token")
+    check_bearer(authorization, token, "admin")
 
 
 @functools.cache

@@ -3,7 +3,6 @@ Triton's binary tensor data extension (raw tensor bytes after a JSON header)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -48,9 +47,9 @@ ALL_OUTPUTS = {
     binary: tuple(RequestedOutput(name, binary) for name in OUTPUTS) for binary in (False, True)
 }
 """What a request that names no outputs gets, by whether it asks for binary data."""
-SAFE_ID = re.compile(r"[A-Za-z0-9._:+=@~-]{1,64}")
-"""A client's id that can be the X-Request-ID header and the prediction log's key as it is
-(at most 64 characters: the log keeps 80, and a batch adds ``-<index>`` to each image's)."""
+REQUEST_ID_PARAMETER = "request_id"
+"""The response parameter with the id this service gave the prediction (X-Request-ID on
+HTTP too): the key of the prediction log, which feedback names."""
 INPUT_PARAMETERS = {
     "datatypes": ",".join([*DTYPES, IMAGE_DATATYPE]),
     "shapes": f"[-1,{IMAGE_PIXELS}] or [-1,{IMAGE_SIDE},{IMAGE_SIDE}]; BYTES: [-1] or [-1,1]",
@@ -143,13 +142,14 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     inputs = await infer_inputs(request, runtime.settings)
     wanted = wanted_outputs(inputs)
     sent = inputs.id
-    request_id = log_id(sent)
+    request_id = new_request_id()  # the log's key and X-Request-ID; the client's id is echoed
     predictor, probs = await runtime.predict(inputs.pixels, request_id)
     outputs, chunks = output_tensors(wanted, probs)
     answer = {
         "model_name": predictor.name,
         "model_version": predictor.version,
         "id": request_id if sent is None else sent,
+        "parameters": {REQUEST_ID_PARAMETER: request_id},  # what POST /feedback names
         "outputs": outputs,
     }
     if not chunks:
@@ -162,12 +162,6 @@ def _binary_response(answer: dict[str, Any], chunks: list[bytes], request_id: st
     header = orjson.dumps(answer)
     headers = {HEADER_LENGTH: str(len(header)), REQUEST_ID_HEADER: request_id}
     return Response(b"".join([header, *chunks]), headers=headers, media_type=BINARY)
-
-
-def log_id(sent: str | None) -> str:
-    """The id a request is logged (and headed) under: the client's, when it is a safe token.
-    Whatever it is, the id goes back to the client as sent."""
-    return sent if sent is not None and SAFE_ID.fullmatch(sent) else new_request_id()
 
 
 def wanted_outputs(inputs: InferInputs) -> tuple[RequestedOutput, ...]:

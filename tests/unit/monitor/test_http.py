@@ -4,6 +4,7 @@ real feedback on SQLite."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,15 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
+from mnistops.config import Settings
 from mnistops.errors import MonitorUnavailableError
+from mnistops.ids import new_request_id
 from mnistops.monitor.feedback import Feedback
 from mnistops.monitor.http import monitor_router
 from mnistops.monitor.predlog import FeedbackStore, make_engine, meta, now, predictions
 
 pytestmark = pytest.mark.unit
+real_time = time.time
 DRIFT = {"checked": True, "drift": False, "threshold": 5e-5, "tests": {}}
 
 
@@ -51,14 +55,21 @@ def feedback(log_url: str) -> Iterator[Feedback]:
     store.close()
 
 
-def _call(feedback: Feedback, method: str, path: str, body: object = None) -> httpx.Response:
+def _call(
+    feedback: Feedback,
+    method: str,
+    path: str,
+    body: object = None,
+    settings: Settings | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     app = FastAPI()
-    app.include_router(monitor_router(SmallMonitor(feedback)))
+    app.include_router(monitor_router(SmallMonitor(feedback), settings or Settings()))
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://monitor") as client:
-            return await client.request(method, path, json=body)
+            return await client.request(method, path, json=body, headers=headers)
 
     return asyncio.run(go())
 
@@ -75,13 +86,14 @@ def test_drift_answers_the_monitors_status_as_json(feedback: Feedback) -> None:
 
 
 def test_feedback_on_a_recent_prediction_updates_live_accuracy(feedback: Feedback) -> None:
-    feedback.remember(["right"], _one_hot(3))
-    feedback.remember(["wrong"], _one_hot(4))
-    first = _call(feedback, "POST", "/feedback", {"request_id": "right", "label": 3}).json()
+    right, wrong = new_request_id(), new_request_id()
+    feedback.remember([right], _one_hot(3))
+    feedback.remember([wrong], _one_hot(4))
+    first = _call(feedback, "POST", "/feedback", {"request_id": right, "label": 3}).json()
     assert first["correct"] is True and first["live_accuracy"] == 1.0
-    second = _call(feedback, "POST", "/feedback", {"request_id": "wrong", "label": 9}).json()
+    second = _call(feedback, "POST", "/feedback", {"request_id": wrong, "label": 9}).json()
     assert second == {
-        "request_id": "wrong",
+        "request_id": wrong,
         "predicted": 4,
         "label": 9,
         "correct": False,
@@ -95,19 +107,86 @@ def test_feedback_on_an_older_prediction_is_looked_up_in_the_log(
 ) -> None:
     engine = make_engine(log_url)
     meta.create_all(engine)
-    row = {"ts": now(), "request_id": "old", "model_version": "1", "label": 7}
+    old = new_request_id()
+    row = {"ts": now(), "request_id": old, "model_version": "1", "label": 7}
     row |= {"confidence": 0.9, "latency_ms": 1.0, "probabilities": [], "features": {}}
     with engine.begin() as db:
         db.execute(predictions.insert(), [row])
     engine.dispose()
-    answer = _call(feedback, "POST", "/feedback", {"request_id": "old", "label": 7}).json()
+    answer = _call(feedback, "POST", "/feedback", {"request_id": old, "label": 7}).json()
     assert answer["predicted"] == 7 and answer["correct"] is True
 
 
 def test_feedback_on_an_unknown_request_is_404_naming_it(feedback: Feedback) -> None:
-    response = _call(feedback, "POST", "/feedback", {"request_id": "nope", "label": 1})
+    unknown = new_request_id()
+    response = _call(feedback, "POST", "/feedback", {"request_id": unknown, "label": 1})
     assert response.status_code == 404
-    assert response.json() == {"detail": "no prediction with request_id 'nope'"}
+    assert response.json()["detail"].startswith(f"no prediction with request_id {unknown!r}")
+
+
+class Untouchable:
+    """A monitor that must not be asked: the edge refuses first."""
+
+    def drift_status(self) -> dict[str, Any]:
+        raise AssertionError("asked")
+
+    def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
+        raise AssertionError(f"asked about {request_id!r}")
+
+
+def _untouched(body: object, settings: Settings) -> httpx.Response:
+    app = FastAPI()
+    app.include_router(monitor_router(Untouchable(), settings))
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://monitor") as client:
+            return await client.post("/feedback", json=body)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    ["nope", "digits-7", "0" * 31, "g" * 32, f"{'a' * 32}-x", f"{'a' * 32} "],
+)
+def test_an_id_this_service_never_issues_is_refused_at_the_edge(foreign: str) -> None:
+    response = _untouched({"request_id": foreign, "label": 1}, Settings())
+    assert response.status_code == 404 and "X-Request-ID" in response.json()["detail"]
+
+
+def test_feedback_on_a_prediction_past_the_age_limit_is_410(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    issued = new_request_id()
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3601)
+    response = _untouched({"request_id": issued, "label": 1}, Settings(feedback_max_age_s=3600))
+    assert response.status_code == 410 and "within 3600 s" in response.json()["detail"]
+
+
+def test_a_second_label_for_the_same_prediction_is_409_and_not_stored(
+    feedback: Feedback,
+) -> None:
+    issued = new_request_id()
+    feedback.remember([issued], _one_hot(2))
+    assert _call(feedback, "POST", "/feedback", {"request_id": issued, "label": 2}).is_success
+    again = _call(feedback, "POST", "/feedback", {"request_id": issued, "label": 5})
+    assert again.status_code == 409 and "one label per prediction" in again.json()["detail"]
+    fresh = Feedback(feedback.store)  # a restarted monitor: the store says it is labelled
+    fresh.remember([issued], _one_hot(2))
+    assert _call(fresh, "POST", "/feedback", {"request_id": issued, "label": 5}).status_code == 409
+
+
+def test_with_a_feedback_token_set_feedback_needs_it(feedback: Feedback) -> None:
+    settings = Settings(feedback_token="fb-secret")
+    issued = new_request_id()
+    feedback.remember([issued], _one_hot(1))
+    body = {"request_id": issued, "label": 1}
+    assert _call(feedback, "POST", "/feedback", body, settings).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert _call(feedback, "POST", "/feedback", body, settings, wrong).status_code == 403
+    right = {"Authorization": "Bearer fb-secret"}
+    assert _call(feedback, "POST", "/feedback", body, settings, right).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -122,7 +201,8 @@ def test_feedback_outside_the_schema_is_422(feedback: Feedback, body: object) ->
 def test_feedback_while_the_log_store_is_down_is_503(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")  # no folder can be made there
     store = FeedbackStore(f"sqlite:///{tmp_path / 'a-file' / 'predictions.db'}")
-    response = _call(Feedback(store), "POST", "/feedback", {"request_id": "r", "label": 1})
+    body = {"request_id": new_request_id(), "label": 1}
+    response = _call(Feedback(store), "POST", "/feedback", body)
     store.close()
     assert response.status_code == 503
     assert "send the feedback again later" in response.json()["detail"]

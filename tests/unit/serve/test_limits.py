@@ -17,6 +17,8 @@ from prometheus_client import REGISTRY
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.server import ServerState
 
+from mnistops.config import Settings
+from mnistops.ids import new_request_id
 from mnistops.monitor.http import monitor_router
 from mnistops.serve.limits import (
     DRAIN_FACTOR,
@@ -172,16 +174,17 @@ async def test_feedback_refuses_a_chunked_body_past_the_limit_with_413() -> None
     """/feedback's body is parsed by FastAPI, which would call a failure to read it a 400."""
     monitor = LabelsKept()
     app = FastAPI()
-    app.include_router(monitor_router(monitor))
+    app.include_router(monitor_router(monitor, Settings()))
     app.add_middleware(BodyLimitMiddleware, max_bytes=LIMIT)
     async with _client(app) as client:
         response = await client.post(
             "/feedback", content=_chunks(b"x" * 2 * LIMIT), headers=JSON_HEADERS
         )
         assert response.status_code == 413 and monitor.labels == {}
-        label = b'{"request_id": "r1", "label": 3}'
+        issued = new_request_id()
+        label = b'{"request_id": "%s", "label": 3}' % issued.encode()
         ok = await client.post("/feedback", content=_chunks(label, 8), headers=JSON_HEADERS)
-        assert ok.status_code == 200 and monitor.labels == {"r1": 3}
+        assert ok.status_code == 200 and monitor.labels == {issued: 3}
 
 
 async def test_a_content_length_past_the_limit_is_refused_before_the_app_reads() -> None:

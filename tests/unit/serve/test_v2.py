@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mnistops.config import Settings
+from mnistops.ids import ISSUED
 from mnistops.imaging import InputError
 from mnistops.serve import schemas
 from mnistops.serve.inputs import infer_request
@@ -197,17 +198,22 @@ async def test_the_images_of_one_request_share_one_upload_s_pixel_cap(
         assert (await client.post(INFER, json=request)).status_code == 200
 
 
-async def test_the_id_is_echoed_as_sent_and_the_header_stays_a_safe_token(
+async def test_the_id_is_echoed_as_sent_and_the_log_key_is_always_the_servers(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     app.state.runtime.monitor = monitor = RecordingMonitor()
-    for sent in ("abc-1", "数字 ٣", "a\r\nX-Injected: 1", "é" * 10, "x" * 65, ""):
+    sent_ids = ("abc-1", "0" * 32, "数字 ٣", "a\r\nX-Injected: 1", "é" * 10, "x" * 65, "")
+    headers = set()
+    for sent in sent_ids:
         response = await client.post(INFER, json={"id": sent, "inputs": [_tensor()]})
         assert response.status_code == 200, response.text
         assert response.json()["id"] == sent
         header = response.headers["x-request-id"]
-        assert SAFE_TOKEN.fullmatch(header) and (header == sent) == (sent == "abc-1")
+        assert ISSUED.fullmatch(header) and header != sent  # a client never picks the key
+        assert response.json()["parameters"] == {"request_id": header}
         assert monitor.records[-1]["request_ids"] == [header]
+        headers.add(header)
+    assert len(headers) == len(sent_ids)
     generated = await client.post(INFER, json={"inputs": [_tensor()]})
     assert generated.json()["id"] == generated.headers["x-request-id"]
 

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     """Family-wise significance level of the drift verdict (Bonferroni over all tests)."""
     feedback_max_age_s: float = Field(default=7 * 24 * 3600, gt=0)
     """Feedback is taken for predictions at most this old (a week); older ones get 410."""
+    service_token: str | None = None
+    """Bearer token that commands asking a running service send (``mnistops retrain``):
+    for a private Cloud Run service, an ID token whose audience is its URL."""
     feedback_token: str | None = None
     """Bearer token that POST /feedback requires when set (open when unset, as the draw
     page sends feedback without one)."""

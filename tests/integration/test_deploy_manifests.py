@@ -105,6 +105,7 @@ def test_overlays_validate_against_kubernetes_schemas(overlay: str) -> None:
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
         "PodMonitor",
+        "CronJob",
     }
     for document in documents:
         _validate(document)
@@ -472,3 +473,23 @@ def test_compose_stack_is_valid_and_ordered() -> None:
                 assert (ROOT / "deploy" / source).resolve().exists() or Path(source).exists(), (
                     source
                 )
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_the_retrain_cronjob_reads_the_log_the_deployment_writes(rendering: str) -> None:
+    documents = _render(rendering)
+    (deployment,) = _of_kind(documents, "Deployment")
+    (cronjob,) = _of_kind(documents, "CronJob")
+    (service,) = _of_kind(documents, "Service")
+
+    def log_secret(container: dict[str, Any]) -> Any:
+        (entry,) = [e for e in container["env"] if e["name"] == PREDICTION_LOG_URL]
+        return entry["valueFrom"]["secretKeyRef"]
+
+    (api,) = deployment["spec"]["template"]["spec"]["containers"]
+    (job,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert log_secret(job) == log_secret(api)
+    assert job["command"][:2] == ["mnistops", "retrain"]
+    assert job["command"][-1] == f"http://{service['metadata']['name']}"
+    name, _, tag = job["image"].rpartition(":")
+    assert name.endswith("mnistops-trainer") and (tag == IMAGE_TAG_PLACEHOLDER or len(tag) == 40)

@@ -19,14 +19,16 @@ if TYPE_CHECKING:  # the training stack is imported only when a candidate is tra
     from mnistops.train import TrainParams, TrainResult
 
 
-def drift_verdict(url: str) -> dict[str, Any]:
-    """The running service's GET /monitoring/drift answer.
+def drift_verdict(url: str, token: str | None = None) -> dict[str, Any]:
+    """The running service's GET /monitoring/drift answer (sent with ``token`` as a bearer
+    token when given: a private Cloud Run service wants an ID token).
 
     Raises:
-        ServiceUnavailableError: no mnistops service answers at ``url``.
+        ServiceUnavailableError: no mnistops service answers at ``url``, or it refuses.
     """
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(url.rstrip("/") + "/monitoring/drift", timeout=30)
+        response = httpx.get(url.rstrip("/") + "/monitoring/drift", timeout=30, headers=headers)
         response.raise_for_status()
         verdict: dict[str, Any] = response.json()
     except (httpx.HTTPError, ValueError) as exc:
@@ -76,7 +78,7 @@ def retrain(
             raise ValueError(
                 "give --url of the running service to ask for its drift verdict, or --force"
             )
-        verdict = drift_verdict(url)
+        verdict = drift_verdict(url, settings.service_token)
         if not verdict.get("drift"):
             version = verdict.get("model_version")
             log(f"no drift reported by {url} (version {version}): nothing to do")

@@ -99,8 +99,9 @@ def train(
     Args:
         settings: where the data, MLflow store and checkpoints live.
         params: the hyperparameters.
-        extra_train: more training images (uint8 ``[K, 28, 28]``) and labels, appended
-            to the MNIST training set (retraining on feedback-labelled traffic).
+        extra_train: more training images (uint8 ``[K, 28, 28]``) and labels, fitted on
+            with the MNIST training set, never held out (retraining on feedback-labelled
+            traffic).
         tags: extra MLflow run tags.
         experiment: MLflow experiment name (default ``settings.experiment``).
         log: where progress sentences go.
@@ -181,19 +182,22 @@ def _split(
     x_all, y_all = data.x_train, data.y_train
     if params.limit:
         x_all, y_all = x_all[: params.limit], y_all[: params.limit]
+    # Hold out the last fraction of MNIST, as Keras' validation_split does. Extra images
+    # (feedback-labelled traffic) are fitted on, never held out: the validation set and
+    # the reference profile computed from it stay the distribution the gate judges on,
+    # rather than a sample of whatever people chose to label.
+    split = len(x_all) - int(len(x_all) * params.validation_split)
+    x_fit, y_fit, x_val, y_val = x_all[:split], y_all[:split], x_all[split:], y_all[split:]
     extra_key = ""
     if extra_train is not None and len(extra_train[0]):
-        x_all = np.concatenate([x_all, extra_train[0].astype(np.uint8)])
-        y_all = np.concatenate([y_all, extra_train[1].astype(np.uint8)])
+        x_fit = np.concatenate([x_fit, extra_train[0].astype(np.uint8)])
+        y_fit = np.concatenate([y_fit, extra_train[1].astype(np.uint8)])
         extra_key = hashlib.sha256(extra_train[0].tobytes()).hexdigest()
-    x_all, y_all = _prepare(x_all), y_all.astype(np.int64)
-    # Hold out the last fraction, as Keras' validation_split does.
-    split = len(x_all) - int(len(x_all) * params.validation_split)
     return Splits(
-        x_all[:split],
-        y_all[:split],
-        x_all[split:],
-        y_all[split:],
+        _prepare(x_fit),
+        y_fit.astype(np.int64),
+        _prepare(x_val),
+        y_val.astype(np.int64),
         _prepare(data.x_test),
         data.y_test.astype(np.int64),
         extra_key,

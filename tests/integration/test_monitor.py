@@ -90,6 +90,50 @@ def test_drift_feedback_report_and_retrain(store_copy: Settings, tmp_path: Path)
     assert "Live accuracy: 0.9" in text or "Live accuracy: 1.0" in text
 
 
+def test_the_loop_closes_drift_feedback_retrain_gate_swap_and_the_flag_clears(
+    store_copy: Settings,
+) -> None:
+    env = {
+        "MNISTOPS_DRIFT_MIN_INTERVAL_S": "0",
+        "MNISTOPS_MNIST_DIR": str(store_copy.mnist_dir),
+        "MNISTOPS_RELOAD_INTERVAL_S": "1",  # the server follows the champion alias
+    }
+    with run_server("models:/mnist-classifier@champion", free_port(), store_copy.home, env) as srv:
+        client = srv.client()
+        inverted, labels = scenario_images("invert", store_copy, 300, seed=3)
+        assert simulate(srv.url, inverted, labels=labels, feedback=True) == {"200": 300}
+        assert client.get("/monitoring/drift").json()["drift"] is True
+        flag = 'mnistops_drift_detected{model="mnist-classifier",version="%s"} %s'
+        assert flag % ("1", "1.0") in client.get("/metrics").text
+
+        env_cli = {
+            "MNISTOPS_HOME": str(store_copy.home),
+            "MNISTOPS_MNIST_DIR": str(store_copy.mnist_dir),
+            "MNISTOPS_ACCURACY_FLOOR": "0.5",
+            "PATH": str(Path(sys.executable).parent),
+        }
+        # more data and epochs than the champion's (12,000 images, 2 epochs): it beats it
+        retrain = _cli(
+            ["retrain", "--url", srv.url, "--epochs", "3", "--limit", "24000"], env_cli, 900
+        )
+        assert retrain.returncode == 0, retrain.stderr[-3000:]
+        assert "adding 300 feedback-labelled images" in retrain.stdout
+        assert "version 2: champion" in retrain.stdout, retrain.stdout
+
+        deadline = time.monotonic() + 30
+        while (
+            client.post("/predict", json={"image": [[0] * 28] * 28}).json()["model_version"] != "2"
+        ):
+            assert time.monotonic() < deadline, "version 2 was not swapped in"
+            time.sleep(0.5)
+        clean, clean_labels = scenario_images("clean", store_copy, 300, seed=4)
+        assert simulate(srv.url, clean, labels=clean_labels) == {"200": 300}
+        verdict = client.get("/monitoring/drift").json()
+        assert verdict["model_version"] == "2" and verdict["checked"], verdict
+        assert verdict["drift"] is False, {k: v["pvalue"] for k, v in verdict["tests"].items()}
+        assert flag % ("2", "0.0") in client.get("/metrics").text
+
+
 def _monitor_pid(server_pid: int, timeout: float = 30) -> int:
     """The monitor process the server started (not multiprocessing's resource tracker)."""
     deadline = time.monotonic() + timeout

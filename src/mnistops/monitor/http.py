@@ -7,12 +7,14 @@ The routes do HTTP only; the monitor they are handed does the work, in a worker 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 import orjson
 from fastapi import APIRouter, Depends, Header, HTTPException
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from mnistops.auth import check_bearer
@@ -21,6 +23,7 @@ from mnistops.errors import AlreadyLabelledError, MonitorUnavailableError
 from mnistops.ids import issued_at
 
 JSON = "application/json"
+PAGE = Path(__file__).with_name("static") / "monitor.html"
 TAG = "monitoring"
 
 
@@ -29,7 +32,14 @@ class DriftAndFeedback(Protocol):
 
     def drift_status(self) -> dict[str, Any]: ...
 
+    def summary(self) -> dict[str, Any]: ...
+
     def record_feedback(self, request_id: str, label: int) -> dict[str, Any]: ...
+
+
+@functools.cache
+def _page_html() -> str:
+    return PAGE.read_text(encoding="utf-8")
 
 
 class FeedbackRequest(BaseModel):
@@ -52,6 +62,19 @@ def monitor_router(monitor: DriftAndFeedback, settings: Settings) -> APIRouter:
     async def check_token(authorization: Annotated[str | None, Header()] = None) -> None:
         if settings.feedback_token:
             check_bearer(authorization, settings.feedback_token, "feedback")
+
+    @router.get("/monitoring", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        """The live monitoring page (no external assets; it polls /monitoring/summary)."""
+        return HTMLResponse(_page_html())
+
+    @router.get("/monitoring/summary")
+    async def summary() -> Response:
+        """What the live page shows: totals so far (requests, errors, latency histogram,
+        CPU, memory, predictions by digit, confidence, feedback), the drift verdict and
+        the reference digit shares."""
+        answer = await asyncio.to_thread(monitor.summary)
+        return Response(orjson.dumps(answer), media_type=JSON)
 
     @router.get("/monitoring/drift")
     async def drift() -> Response:

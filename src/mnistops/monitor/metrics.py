@@ -279,3 +279,69 @@ class WorkerProcesses(Collector):
 def render_monitor() -> bytes:
     """The exposition text of the monitor process's families."""
     return generate_latest(MONITOR_REGISTRY)
+
+
+QUIET_ROUTES = ("/metrics", "/monitoring", "/health", "/v2/health", "/ping", "/")
+"""Routes the live page leaves out of the request rate (its own polls among them)."""
+
+
+def _counted(route: str) -> bool:
+    return not any(route == q or (q != "/" and route.startswith(q)) for q in QUIET_ROUTES)
+
+
+def summarise(text: str, name: str, version: str) -> dict[str, Any]:
+    """The totals the live monitoring page shows, read from the exposition text of
+    /metrics (so with several workers they are the sums): requests and errors, the
+    request latency histogram, CPU and memory, predictions by digit, low-confidence
+    predictions, the confidence histogram and feedback, for the model ``name`` ``version``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    requests = client_errors = server_errors = 0.0
+    latency: dict[float, float] = {}
+    confidence: dict[float, float] = {}
+    digits = [0.0] * 10
+    low = 0.0
+    found: dict[str, float] = {}
+    model = {"model": name, "version": version}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels, value = sample.labels, sample.value
+            if sample.name == "mnistops_requests_total" and _counted(labels["route"]):
+                requests += value
+                status = int(labels["status"])
+                client_errors += value if 400 <= status < 500 else 0.0
+                server_errors += value if status >= 500 else 0.0
+            elif sample.name == "mnistops_request_duration_seconds_bucket":
+                if _counted(labels["route"]):
+                    le = float(labels["le"])
+                    latency[le] = latency.get(le, 0.0) + value
+            elif sample.name == "mnistops_predictions_total":
+                if labels.get("model") == name and labels.get("version") == version:
+                    digits[int(labels["digit"])] += value
+            elif sample.name == "mnistops_low_confidence_predictions_total":
+                if {k: labels.get(k) for k in model} == model:
+                    low += value
+            elif sample.name == "mnistops_prediction_confidence_bucket":
+                if {k: labels.get(k) for k in model} == model:
+                    confidence[float(labels["le"])] = value
+            elif sample.name == "mnistops_feedback_total":
+                found["feedback"] = found.get("feedback", 0.0) + value
+            elif sample.name in (
+                "process_cpu_seconds_total",
+                "process_resident_memory_bytes",
+                "mnistops_live_accuracy",
+            ):
+                found[sample.name] = value
+    return {
+        "requests": requests,
+        "client_errors": client_errors,
+        "server_errors": server_errors,
+        "latency_buckets": sorted(latency.items()),
+        "cpu_seconds": found.get("process_cpu_seconds_total"),
+        "memory_bytes": found.get("process_resident_memory_bytes"),
+        "predicted_digits": digits,
+        "low_confidence": low,
+        "confidence_buckets": sorted(confidence.items()),
+        "feedback": found.get("feedback", 0.0),
+        "live_accuracy": found.get("mnistops_live_accuracy") if found.get("feedback") else None,
+    }

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,13 @@ LINK_JOIN_S = 10.0
 STOPPED_WAIT_S = 15.0
 """How long ``stop`` waits for the monitor process to flush the prediction log."""
 PROCESS_JOIN_S = 5.0
+
+
+def _digit_shares(bundle: ModelBundle) -> list[float]:
+    """The share of each digit among the reference profile's predicted labels."""
+    labels = bundle.reference().labels
+    counts = np.bincount(labels.astype(np.int64), minlength=10)[:10]
+    return [float(c) for c in counts / max(int(counts.sum()), 1)]
 
 
 def _unknown_state() -> StatusReply:
@@ -139,6 +147,9 @@ class Monitor:
         self._conn: Connection | None = None
         self._process: BaseProcess | None = None
         self._link = threading.Thread(target=self._run_link, name="monitor-link", daemon=True)
+        self._since = time.time()
+        """When the version served now was swapped in (or the server started)."""
+        self._digits_of: tuple[Path, list[float]] | None = None
 
     # --- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -177,6 +188,7 @@ class Monitor:
     def set_model(self, bundle: ModelBundle) -> None:
         """A new version is served: the monitor process takes its reference profile."""
         self._bundle = bundle
+        self._since = time.time()
         with self._send_lock:
             self._ship_locked()
             self._send_locked(SwitchModel(bundle.path))
@@ -334,6 +346,26 @@ class Monitor:
     def drift_status(self) -> dict[str, Any]:
         """The answer of GET /monitoring/drift."""
         return self._state().drift
+
+    def summary(self) -> dict[str, Any]:
+        """The answer of GET /monitoring/summary, what the live page shows: the service's
+        counters as totals so far (the page turns two of them into rates), the drift
+        verdict, and the reference the predicted digits are compared with."""
+        state = self._state()
+        text = metrics.render_latest(state.metrics_text)[0].decode()
+        bundle = self._bundle
+        return {
+            "model": {"name": bundle.name, "version": bundle.version, "since": self._since},
+            "time": time.time(),
+            **metrics.summarise(text, bundle.name, bundle.version),
+            "reference_digits": self._reference_digits(bundle),
+            "drift": state.drift,
+        }
+
+    def _reference_digits(self, bundle: ModelBundle) -> list[float]:
+        if self._digits_of is None or self._digits_of[0] != bundle.path:
+            self._digits_of = (bundle.path, _digit_shares(bundle))
+        return self._digits_of[1]
 
     def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
         """Store a true label; update live accuracy (in the monitor process).

@@ -36,6 +36,9 @@ class SmallMonitor:
     def drift_status(self) -> dict[str, Any]:
         return DRIFT
 
+    def summary(self) -> dict[str, Any]:
+        return {"drift": DRIFT}
+
     def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
         try:
             return self.feedback.record(request_id, label)
@@ -130,6 +133,9 @@ class Untouchable:
     def drift_status(self) -> dict[str, Any]:
         raise AssertionError("asked")
 
+    def summary(self) -> dict[str, Any]:
+        raise AssertionError("asked")
+
     def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
         raise AssertionError(f"asked about {request_id!r}")
 
@@ -206,3 +212,13 @@ def test_feedback_while_the_log_store_is_down_is_503(tmp_path: Path) -> None:
     store.close()
     assert response.status_code == 503
     assert "send the feedback again later" in response.json()["detail"]
+
+
+def test_the_monitoring_page_is_served_whole_and_its_summary_is_json(feedback: Feedback) -> None:
+    page = _call(feedback, "GET", "/monitoring")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert (
+        'fetch("monitoring/summary")' in page.text and "http" not in page.text.split("<script>")[1]
+    )
+    summary = _call(feedback, "GET", "/monitoring/summary")
+    assert summary.status_code == 200 and summary.json() == {"drift": DRIFT}

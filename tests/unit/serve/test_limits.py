@@ -165,6 +165,9 @@ class LabelsKept:
     def drift_status(self) -> dict[str, Any]:
         return {}
 
+    def summary(self) -> dict[str, Any]:
+        return {}
+
     def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
         self.labels[request_id] = label
         return {"request_id": request_id, "label": label}

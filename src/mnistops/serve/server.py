@@ -281,6 +281,7 @@ def banner(bundle: ModelBundle, settings: Settings, load_seconds: float) -> str:
         f"  page     {url}/\n"
         f"  API docs {url}/docs\n"
         f"  metrics  {url}/metrics"
+        + (f"\n  monitor  {url}/monitoring" if settings.monitoring else "")
         + (f"\n  gRPC     {settings.host}:{settings.grpc_port}" if settings.grpc_port else "")
     )
 

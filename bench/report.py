@@ -16,6 +16,7 @@ from bench.results import (
     MLSERVER,
     MNISTOPS,
     BatchResult,
+    EstimateResult,
     PeersResult,
     Results,
     ServingResult,
@@ -54,6 +55,8 @@ def report(results: Results, date: str | None = None) -> str:
         lines += _peers(results.peers, found)
     if results.workers:
         lines += _workers(results.workers)
+    if results.estimate:
+        lines += _estimate(results.estimate, found)
     if results.stress:
         lines += _stress(results.stress)
     return "\n".join(lines + _reproduce(results.stress_only))
@@ -298,6 +301,28 @@ def _peer_targets(peers: PeersResult, found: dict[str, float]) -> list[str]:
         if ratios:
             lines.append(f"- `/predict` at c={PEER_CONCURRENCY} against each: {ratios}")
     return lines
+
+
+def _estimate(estimate: EstimateResult, found: dict[str, float]) -> list[str]:
+    return [
+        "## Accuracy without labels",
+        "",
+        f"The champion's ONNX file on {estimate.windows} windows of {estimate.window} MNIST "
+        "test digits per scenario, shifted; the estimate is ATC (the share of images whose "
+        "temperature-scaled confidence is above the threshold fitted on held-out data). "
+        f"Temperature {estimate.temperature:.3f}; held-out ECE {estimate.ece_before:.4f} "
+        f"before scaling, {estimate.ece_after:.4f} after.",
+        "",
+        "| scenario | true accuracy | estimated | mean abs error (points) |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {r.scenario} | {r.true:.3f} | {r.estimated:.3f} | {r.error * 100:.1f} |"
+            for r in estimate.rows
+        ),
+        "",
+        target_line("estimate_error", found["estimate_error"]),
+        "",
+    ]
 
 
 SCALING_CORES = (8, 16)

@@ -124,6 +124,27 @@ class WorkersResult:
 
 
 @dataclass(frozen=True)
+class EstimateRow:
+    scenario: str
+    true: float
+    """Mean true accuracy over the windows."""
+    estimated: float
+    """Mean estimated accuracy over the windows."""
+    error: float
+    """Mean |true - estimated| over the windows (a fraction)."""
+
+
+@dataclass(frozen=True)
+class EstimateResult:
+    window: int
+    windows: int
+    temperature: float
+    ece_before: float
+    ece_after: float
+    rows: list[EstimateRow]
+
+
+@dataclass(frozen=True)
 class BatchResult:
     images: int
     batch: int
@@ -161,10 +182,19 @@ class Results:
     batch: BatchResult | None = None
     peers: PeersResult | None = None
     workers: WorkersResult | None = None
+    estimate: EstimateResult | None = None
     stress: StressResult | None = None
 
     @property
     def stress_only(self) -> bool:
         """Whether this is the soak alone (``--stress``)."""
-        others = (self.training, self.serving, self.servers, self.batch, self.peers, self.workers)
+        others = (
+            self.training,
+            self.serving,
+            self.servers,
+            self.batch,
+            self.peers,
+            self.workers,
+            self.estimate,
+        )
         return self.stress is not None and not any(others)

@@ -40,7 +40,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import batch, peers, serving, stress, training
+from bench import batch, estimate, peers, serving, stress, training
 from bench.report import report
 from bench.results import Results
 from bench.targets import PEER_TARGET_SERVERS, verdicts
@@ -48,7 +48,7 @@ from bench.workspace import BENCH, WORK, log
 
 RESULTS = BENCH / "results.md"
 STRESS = BENCH / "stress.md"
-SUITES = ("training", "serving", "servers", "batch", "peers", "workers")
+SUITES = ("training", "serving", "servers", "batch", "peers", "workers", "estimate")
 ASGI_REPEATS = 2
 BATCH_REPEATS = 5
 
@@ -87,6 +87,8 @@ def run_suites(args: argparse.Namespace) -> Results:
         results.peers = peers.bench_peers(args.seconds, args.repeats)
     if "workers" in args.only:
         results.workers = serving.bench_workers(args.seconds, args.repeats)
+    if "estimate" in args.only:
+        results.estimate = estimate.bench_estimate()
     return results
 
 

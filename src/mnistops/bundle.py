@@ -12,11 +12,12 @@ A bundle folder holds three files and needs nothing else:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +34,10 @@ OUTPUT_NAME = "probabilities"
 
 class BundleError(MnistopsError):
     """A model folder is missing a file or holds a malformed one."""
+
+
+if TYPE_CHECKING:
+    from mnistops.calibration import Calibration
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,18 @@ class ModelBundle:
     def reference(self) -> ReferenceProfile:
         """Load the reference profile stored with this version."""
         return ReferenceProfile.load(self.reference_path)
+
+    def calibration(self) -> Calibration:
+        """The temperature and ATC threshold stored with this version (fitted now, from
+        its reference profile, for a version registered before they were stored)."""
+        from mnistops.calibration import Calibration, calibrate
+
+        stored = self.metadata.get("calibration")
+        if isinstance(stored, dict):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                return Calibration.from_dict(stored)
+        reference = self.reference()
+        return calibrate(reference.probabilities, reference.labels)
 
 
 def write_metadata(folder: Path, metadata: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from mnistops.bundle import (
     ReferenceProfile,
     write_metadata,
 )
+from mnistops.calibration import calibrate
 from mnistops.config import Settings
 from mnistops.export import ExportError, export_onnx, onnx_probabilities
 from mnistops.features import FEATURE_NAMES, IMAGE_PIXELS, NUM_CLASSES, image_features
@@ -87,7 +88,19 @@ def register_version(
     bundle.mkdir()
     diff = _export_and_check(model, bundle, splits.x_test, test_probs)
     log(f"ONNX parity: max |ONNX - Keras| = {diff:.2e} on {PARITY_IMAGES} test images")
-    _write_reference(bundle, splits.x_val, splits.y_val)
+    heldout = _write_reference(bundle, splits.x_val, splits.y_val)
+    calibration = calibrate(heldout, splits.y_val)
+    mlflow.log_metrics(
+        {
+            "temperature": calibration.temperature,
+            "ece_calibrated": calibration.ece_after,
+            "atc_threshold": calibration.atc_threshold,
+        }
+    )
+    log(
+        f"calibration: temperature {calibration.temperature:.3f}, held-out ECE "
+        f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}"
+    )
     metadata = {
         "name": settings.registered_model,
         "run_id": mlflow.active_run().info.run_id,  # type: ignore[union-attr]
@@ -97,6 +110,7 @@ def register_version(
         "output": {"name": OUTPUT_NAME, "shape": [-1, NUM_CLASSES], "dtype": "float32"},
         "feature_names": list(FEATURE_NAMES),
         "params": params,
+        "calibration": calibration.as_dict(),
     }
     write_metadata(bundle, metadata)
     version = _log_and_register(settings, model, splits.x_test[:5], bundle)
@@ -122,14 +136,17 @@ def _export_and_check(
     return diff
 
 
-def _write_reference(bundle: Path, x_val: np.ndarray, y_val: np.ndarray) -> None:
-    """The drift reference: features and ONNX softmax outputs on held-out images."""
+def _write_reference(bundle: Path, x_val: np.ndarray, y_val: np.ndarray) -> np.ndarray:
+    """The drift reference: features and ONNX softmax outputs on held-out images (which
+    it returns)."""
+    probabilities = onnx_probabilities(bundle / ONNX_FILE, x_val)
     ReferenceProfile(
         feature_names=FEATURE_NAMES,
         features=image_features(x_val),
-        probabilities=onnx_probabilities(bundle / ONNX_FILE, x_val),
+        probabilities=probabilities,
         labels=y_val,
     ).save(bundle / REFERENCE_FILE)
+    return probabilities
 
 
 def _log_and_register(settings: Settings, model: Any, example: np.ndarray, bundle: Path) -> str:

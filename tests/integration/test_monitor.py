@@ -88,6 +88,7 @@ def test_drift_feedback_report_and_retrain(store_copy: Settings, tmp_path: Path)
     assert "500 predictions" in text and "Drift over the last 500 predictions: <b>" not in text
     assert text.count("data:image/png;base64,") >= 3 and "http://" not in text
     assert "Live accuracy: 0.9" in text or "Live accuracy: 1.0" in text
+    assert re.search(r"Estimated accuracy without labels \(ATC\) over the last 500: 0\.\d{3}", text)
 
 
 def test_the_loop_closes_drift_feedback_retrain_gate_swap_and_the_flag_clears(

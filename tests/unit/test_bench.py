@@ -12,6 +12,8 @@ from bench.results import (
     PREDICT_JSON,
     V2_BINARY,
     BatchResult,
+    EstimateResult,
+    EstimateRow,
     PeerServer,
     PeersResult,
     Results,
@@ -88,6 +90,14 @@ def _results() -> Results:
         batch=BatchResult(10_000, 4096, 2, 813_056, 197_745, 160.8, 192.7, 0.72),
         peers=peers,
         workers=WorkersResult(2, 2, {1: _worker_run(3000, 0.5), 2: _worker_run(3600, 0.55)}),
+        estimate=EstimateResult(
+            500,
+            10,
+            1.3,
+            0.02,
+            0.01,
+            [EstimateRow("clean", 0.95, 0.94, 0.01), EstimateRow("inverted", 0.2, 0.9, 0.7)],
+        ),
     )
 
 
@@ -135,6 +145,7 @@ def test_verdicts_follow_the_figures() -> None:
         "vs_bare_app": True,  # 3000 / 3200 = 0.94 at c=1
         "v2_binary_gain": False,  # 3300 / 3000 = 1.1
         "peers_predict_p99": True,  # 4 ms
+        "estimate_error": False,  # (1 + 70) / 2 = 35.5 points
     }
 
 
@@ -191,3 +202,9 @@ def test_the_workers_section_gives_the_ratio_and_the_estimates() -> None:
     rendered = report(_results())
     assert "--workers 2 against --workers 1: 1.20× at c=8, 1.20× at c=32" in rendered
     assert "expected on 16 cores with --workers 16" in rendered
+
+
+def test_the_estimate_section_gives_each_scenario_and_the_mean_error() -> None:
+    rendered = report(_results())
+    assert "| inverted | 0.200 | 0.900 | 70.0 |" in rendered
+    assert "**35.50 points** (target ≤ 3 points: **not met**)" in rendered

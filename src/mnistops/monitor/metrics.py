@@ -126,6 +126,13 @@ CONFIDENCE = ArrayHistogram(
     buckets=CONFIDENCE_BUCKETS,
     registry=MONITOR_REGISTRY,
 )
+ESTIMATED_ACCURACY = Gauge(
+    "mnistops_estimated_accuracy",
+    "Accuracy estimated without labels (ATC on temperature-scaled confidence) over the "
+    "drift window.",
+    MODEL_LABELS,
+    registry=MONITOR_REGISTRY,
+)
 LOW_CONFIDENCE = Counter(
     "mnistops_low_confidence_predictions",
     "Predictions below the confidence threshold.",

@@ -10,6 +10,7 @@ all the workers' predictions.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -26,6 +27,7 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from mnistops.bundle import ReferenceProfile, load_bundle
+from mnistops.calibration import Calibration
 from mnistops.config import Settings
 from mnistops.errors import AlreadyLabelledError
 from mnistops.features import FEATURE_NAMES, image_features
@@ -77,9 +79,19 @@ class MonitorCore:
     """What the monitor process does with what it receives (in process, for tests too)."""
 
     def __init__(
-        self, settings: Settings, name: str, version: str, reference: ReferenceProfile
+        self,
+        settings: Settings,
+        name: str,
+        version: str,
+        reference: ReferenceProfile,
+        calibration: Calibration | None = None,
     ) -> None:
         self.settings = settings
+        self.calibration = calibration
+        """The version's temperature and ATC threshold (None: no estimate of accuracy)."""
+        self._confidence: collections.deque[np.ndarray] = collections.deque()
+        self._confident = 0  # images in the window above the ATC threshold
+        self._in_window = 0
         self.log = PredictionLog(settings.prediction_log, settings.prediction_log_queue)
         self.feedback = Feedback(FeedbackStore(settings.prediction_log))
         self._last_check = 0.0
@@ -110,7 +122,9 @@ class MonitorCore:
             case SwitchModel(bundle_dir=bundle_dir):
                 bundle = load_bundle(bundle_dir)
                 if (bundle.name, bundle.version) != self._model:  # every worker tells
-                    self.set_model(bundle.name, bundle.version, bundle.reference())
+                    self.set_model(
+                        bundle.name, bundle.version, bundle.reference(), bundle.calibration()
+                    )
             case Stop():
                 pass
         return None
@@ -140,9 +154,18 @@ class MonitorCore:
             return FeedbackReply(message.seq, error=FEEDBACK_UNKNOWN)
         return FeedbackReply(message.seq, answer=answer)
 
-    def set_model(self, name: str, version: str, reference: ReferenceProfile) -> None:
+    def set_model(
+        self,
+        name: str,
+        version: str,
+        reference: ReferenceProfile,
+        calibration: Calibration | None = None,
+    ) -> None:
         """A new version is served: new reference profile, fresh drift window."""
         self.drift.reset(reference)
+        self.calibration = calibration
+        self._confidence.clear()
+        self._confident = self._in_window = 0
         self._set_labels(name, version)
 
     def _set_labels(self, name: str, version: str) -> None:
@@ -154,6 +177,7 @@ class MonitorCore:
         self._digits = [metrics.PREDICTIONS.labels(name, version, str(d)) for d in range(10)]
         metrics.DRIFT_DETECTED.clear()
         metrics.DRIFT_DETECTED.labels(name, version).set(0)
+        metrics.ESTIMATED_ACCURACY.clear()
 
     def ingest(self, batch: Predictions) -> None:
         """Everything the monitor does with a batch of predictions."""
@@ -162,6 +186,7 @@ class MonitorCore:
         confidence = batch.probabilities.max(axis=1)
         self._update_metrics(features, labels, confidence)
         self._maybe_check(features, batch.probabilities)
+        self._estimate(batch.probabilities)
         self.feedback.remember(batch.request_ids, batch.probabilities)
         self.log.put_many(self._log_rows(batch, features, labels, confidence))
 
@@ -177,6 +202,24 @@ class MonitorCore:
             self._low.inc(low)
         for j, name in enumerate(FEATURE_NAMES):
             metrics.INPUT_FEATURES[name].observe(features[:, j])
+
+    def _estimate(self, probabilities: np.ndarray) -> None:
+        """Slide the window of "probably right" flags (ATC) and export its share."""
+        if self.calibration is None:
+            return
+        above = self.calibration.scale(probabilities).max(axis=1) > self.calibration.atc_threshold
+        self._confidence.append(above)
+        self._confident += int(above.sum())
+        self._in_window += len(above)
+        while self._in_window - len(self._confidence[0]) >= self.settings.drift_window:
+            dropped = self._confidence.popleft()
+            self._confident -= int(dropped.sum())
+            self._in_window -= len(dropped)
+        metrics.ESTIMATED_ACCURACY.labels(*self._model).set(self.estimated_accuracy() or 0.0)
+
+    def estimated_accuracy(self) -> float | None:
+        """ATC's estimate over about the last ``drift_window`` predictions."""
+        return self._confident / self._in_window if self._in_window else None
 
     def _maybe_check(self, features: np.ndarray, probabilities: np.ndarray) -> None:
         rested = time.monotonic() - self._last_check >= self.settings.drift_min_interval_s
@@ -239,6 +282,7 @@ class MonitorCore:
             "observed": self.drift.in_window,  # the API's name, kept for its clients
             "check_every": self.drift.check_every,
             "alpha": self.drift.alpha,
+            "estimated_accuracy": self.estimated_accuracy(),
             "checked": last is not None,
             **(last.as_dict() if last is not None else {"drift": False, "tests": {}}),
         }
@@ -255,7 +299,9 @@ def run_monitor_process(
     stop (or until the starting process is gone), then flush the prediction log."""
     _yield_to_serving()
     bundle = load_bundle(bundle_dir)
-    core = MonitorCore(settings, bundle.name, bundle.version, bundle.reference())
+    core = MonitorCore(
+        settings, bundle.name, bundle.version, bundle.reference(), bundle.calibration()
+    )
     core.log.start()
     core.feedback.store.connect()
     listener = Listener(listen.path, "AF_UNIX", authkey=listen.authkey) if listen else None

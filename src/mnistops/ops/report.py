@@ -247,11 +247,19 @@ def build_report(
     accuracy_text = (
         "no feedback yet" if accuracy is None else f"{accuracy:.3f} over {labelled} labels"
     )
+    estimated = bundle.calibration().estimate_accuracy(log.probabilities[-WINDOW:])
+    accuracy_text += (
+        f". Estimated accuracy without labels (ATC) over the last "
+        f"{min(len(log), WINDOW)}: {estimated:.3f}"
+        if estimated is not None
+        else ""
+    )
     out.write_text(_html(log, bundle, last, accuracy_text, _figures(log, bundle)))
     return {
         "predictions": len(log),
         "versions": log.versions,
         "drift": last.drift,
         "live_accuracy": accuracy,
+        "estimated_accuracy": estimated,
         "feedback": labelled,
     }

@@ -273,3 +273,25 @@ def test_stop_first_takes_what_the_workers_sent(hub: SharedHub) -> None:
     sender.close()
     hub.stop()
     assert hub.core.drift.in_window == 40
+
+
+def test_accuracy_is_estimated_over_the_window_when_the_version_is_calibrated(
+    settings: Settings,
+) -> None:
+    from mnistops.calibration import calibrate
+
+    reference = profile()
+    calibration = calibrate(reference.probabilities, reference.labels)
+    core = MonitorCore(settings, "tiny-estimate", "1", reference, calibration)
+    assert core.drift_status()["estimated_accuracy"] is None
+    for seed in range(1, 5):  # 400 predictions, more than the window of 200
+        core.handle(traffic(seed, EVERY, prefix=f"e{seed}"))
+    assert core._in_window >= WINDOW and core._in_window < WINDOW + EVERY
+    estimate = core.drift_status()["estimated_accuracy"]
+    last = np.concatenate([traffic(s, EVERY, prefix="x").probabilities for s in (3, 4)])
+    assert estimate == pytest.approx(calibration.estimate_accuracy(last))
+    text = _status(core).metrics_text.decode()
+    assert f'mnistops_estimated_accuracy{{model="tiny-estimate",version="1"}} {estimate}' in text
+    uncalibrated = MonitorCore(settings, "tiny-no-estimate", "1", reference)
+    uncalibrated.handle(traffic(1, EVERY))
+    assert uncalibrated.drift_status()["estimated_accuracy"] is None

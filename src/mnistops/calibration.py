@@ -1,0 +1,90 @@
+"""Calibration and accuracy without labels.
+
+Temperature scaling (Guo et al., 2017): one temperature ``T`` fitted on held-out data by
+minimising the negative log-likelihood of ``softmax(log p / T)``; it changes confidence,
+never the predicted digit. Average thresholded confidence (ATC; Garg et al., ICLR 2022):
+on held-out data, the confidence threshold above which the share of images equals the
+accuracy there; on a window of unlabelled traffic, the share of images above it is the
+estimated accuracy. Both are fitted from the reference profile (the held-out images'
+probabilities and true labels), at training time, and stored with the version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from mnistops.evaluate import expected_calibration_error
+
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+_TINY = 1e-12
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a version's held-out data says about its confidence."""
+
+    temperature: float
+    atc_threshold: float
+    """Calibrated confidence above which an image counts as "probably right"."""
+    ece_before: float
+    ece_after: float
+    heldout_accuracy: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        return cls(**{k: float(data[k]) for k in cls.__dataclass_fields__})
+
+    def scale(self, probabilities: np.ndarray) -> np.ndarray:
+        """``[N, 10]`` probabilities at this temperature."""
+        return scaled(probabilities, self.temperature)
+
+    def estimate_accuracy(self, probabilities: np.ndarray) -> float | None:
+        """ATC's estimate of accuracy over ``probabilities`` (None for none)."""
+        if not len(probabilities):
+            return None
+        return float((self.scale(probabilities).max(axis=1) > self.atc_threshold).mean())
+
+
+def scaled(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log p / T)``, row by row."""
+    logits = np.log(np.clip(probabilities.astype(np.float64), _TINY, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature that minimises the negative log-likelihood of ``labels``."""
+    from scipy.optimize import minimize_scalar
+
+    rows = np.arange(len(labels))
+
+    def nll(temperature: float) -> float:
+        return float(-np.log(scaled(probabilities, temperature)[rows, labels] + _TINY).mean())
+
+    found = minimize_scalar(nll, bounds=TEMPERATURE_BOUNDS, method="bounded")
+    return float(found.x)
+
+
+def calibrate(probabilities: np.ndarray, labels: np.ndarray) -> Calibration:
+    """Fit the temperature and the ATC threshold on held-out ``probabilities``."""
+    labels = labels.astype(np.int64)
+    temperature = fit_temperature(probabilities, labels)
+    calibrated = scaled(probabilities, temperature)
+    accuracy = float((calibrated.argmax(axis=1) == labels).mean())
+    confidence = calibrated.max(axis=1)
+    # the share of held-out images above the threshold is the held-out accuracy
+    threshold = float(np.quantile(confidence, 1.0 - accuracy))
+    return Calibration(
+        temperature=temperature,
+        atc_threshold=threshold,
+        ece_before=expected_calibration_error(probabilities, labels),
+        ece_after=expected_calibration_error(calibrated, labels),
+        heldout_accuracy=accuracy,
+    )

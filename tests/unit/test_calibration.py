@@ -1,0 +1,50 @@
+"""Temperature scaling and ATC on made-up probabilities whose calibration is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnistops.calibration import Calibration, calibrate, scaled
+
+pytestmark = pytest.mark.unit
+
+
+def _overconfident(n: int, mean_confidence: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of a model right with the probability it states, then made
+    overconfident (temperature 1/3); and the true labels."""
+    rng = np.random.default_rng(seed)
+    confidence = np.clip(rng.beta(8 * mean_confidence, 8 * (1 - mean_confidence), n), 0.11, 0.999)
+    predicted = rng.integers(0, 10, n)
+    right = rng.random(n) < confidence
+    labels = np.where(right, predicted, (predicted + rng.integers(1, 10, n)) % 10)
+    probs = np.repeat(((1 - confidence) / 9)[:, None], 10, axis=1)
+    probs[np.arange(n), predicted] = confidence
+    return scaled(probs, 1 / 3), labels
+
+
+def test_temperature_scaling_lowers_the_calibration_error_and_keeps_the_digits() -> None:
+    probs, labels = _overconfident(6000, 0.9, seed=1)
+    found = calibrate(probs, labels)
+    assert found.temperature > 1.5  # overconfident: it is cooled
+    assert found.ece_after < found.ece_before / 2
+    assert (found.scale(probs).argmax(1) == probs.argmax(1)).all()
+
+
+def test_atc_matches_held_out_accuracy_and_falls_with_it() -> None:
+    probs, labels = _overconfident(6000, 0.9, seed=2)
+    found = calibrate(probs, labels)
+    estimate = found.estimate_accuracy(probs)
+    assert estimate == pytest.approx(found.heldout_accuracy, abs=0.002)
+    worse, worse_labels = _overconfident(3000, 0.6, seed=3)  # less sure, less often right
+    true = float((worse.argmax(1) == worse_labels).mean())
+    assert true < found.heldout_accuracy - 0.2
+    estimated = found.estimate_accuracy(worse)
+    assert estimated is not None and estimated < found.heldout_accuracy - 0.2
+    assert found.estimate_accuracy(worse[:0]) is None
+
+
+def test_a_calibration_round_trips_through_its_dict() -> None:
+    probs, labels = _overconfident(500, 0.8, seed=4)
+    found = calibrate(probs, labels)
+    assert Calibration.from_dict(found.as_dict()) == found

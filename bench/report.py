@@ -412,6 +412,6 @@ def _reproduce(stress_only: bool) -> list[str]:
         "",
         "`make bench` (about 30 minutes; the first run also builds `bench/.work/labenv` with "
         "`tensorflow-cpu`, and the peers' venvs in `bench/.work/peers`). Parts: "
-        "`python -m bench.run --only training serving servers batch peers workers`.",
+        "`python -m bench.run --only training serving servers batch peers workers estimate`.",
         "",
     ]

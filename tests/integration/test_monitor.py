@@ -30,6 +30,16 @@ def _cli(args: list[str], env: dict[str, str], timeout: float) -> subprocess.Com
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _cli_env(settings: Settings) -> dict[str, str]:
+    """The environment of a command run against ``settings``' store."""
+    return {
+        "MNISTOPS_HOME": str(settings.home),
+        "MNISTOPS_MNIST_DIR": str(settings.mnist_dir),
+        "MNISTOPS_ACCURACY_FLOOR": "0.5",
+        "PATH": str(Path(sys.executable).parent),
+    }
+
+
 @pytest.fixture
 def store_copy(trained_settings: Settings, tmp_path: Path) -> Settings:
     home = tmp_path / "home"
@@ -63,12 +73,7 @@ def test_drift_feedback_report_and_retrain(store_copy: Settings, tmp_path: Path)
             'mnistops_predictions_total{digit="7",model="mnist-classifier",version="1"}' in metrics
         )
 
-        env_cli = {
-            "MNISTOPS_HOME": str(store_copy.home),
-            "MNISTOPS_MNIST_DIR": str(store_copy.mnist_dir),
-            "MNISTOPS_ACCURACY_FLOOR": "0.5",
-            "PATH": str(Path(sys.executable).parent),
-        }
+        env_cli = _cli_env(store_copy)
         retrain = _cli(
             ["retrain", "--url", srv.url, "--epochs", "1", "--limit", "3000"], env_cli, 600
         )
@@ -107,12 +112,7 @@ def test_the_loop_closes_drift_feedback_retrain_gate_swap_and_the_flag_clears(
         flag = 'mnistops_drift_detected{model="mnist-classifier",version="%s"} %s'
         assert flag % ("1", "1.0") in client.get("/metrics").text
 
-        env_cli = {
-            "MNISTOPS_HOME": str(store_copy.home),
-            "MNISTOPS_MNIST_DIR": str(store_copy.mnist_dir),
-            "MNISTOPS_ACCURACY_FLOOR": "0.5",
-            "PATH": str(Path(sys.executable).parent),
-        }
+        env_cli = _cli_env(store_copy)
         # more data and epochs than the champion's (12,000 images, 2 epochs): it beats it
         retrain = _cli(
             ["retrain", "--url", srv.url, "--epochs", "3", "--limit", "24000"], env_cli, 900

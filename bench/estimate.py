@@ -92,6 +92,7 @@ def bench_estimate() -> EstimateResult:
     from mnistops.bundle import load_bundle
     from mnistops.config import load_settings
     from mnistops.data import load_mnist
+    from mnistops.features import image_features
     from mnistops.predictor import Predictor
 
     bundle = load_bundle(export_champion())
@@ -110,9 +111,10 @@ def bench_estimate() -> EstimateResult:
         for _ in range(WINDOWS):
             picked = rng.choice(pool, WINDOW)
             x, y = shift(x_all[picked], y_all[picked], rng)
-            probs = predictor.predict(x.reshape(len(x), -1).astype(np.float32))
+            pixels = x.reshape(len(x), -1).astype(np.float32)
+            probs = predictor.predict(pixels)
             true.append(float((probs.argmax(1) == y).mean()))
-            estimated.append(calibration.estimate_accuracy(probs) or 0.0)
+            estimated.append(calibration.estimate_accuracy(probs, image_features(pixels)) or 0.0)
         row = EstimateRow(
             name,
             float(np.mean(true)),

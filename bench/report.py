@@ -309,7 +309,9 @@ def _estimate(estimate: EstimateResult, found: dict[str, float]) -> list[str]:
         "",
         f"The champion's ONNX file on {estimate.windows} windows of {estimate.window} MNIST "
         "test digits per scenario, shifted; the estimate is ATC (the share of images whose "
-        "temperature-scaled confidence is above the threshold fitted on held-out data). "
+        "temperature-scaled confidence is above the threshold fitted on held-out data), "
+        "an image whose input statistics fall far outside the held-out range counting as "
+        "wrong. "
         f"Temperature {estimate.temperature:.3f}; held-out ECE {estimate.ece_before:.4f} "
         f"before scaling, {estimate.ece_after:.4f} after.",
         "",

@@ -112,7 +112,7 @@ class ModelBundle:
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 return Calibration.from_dict(stored)
         reference = self.reference()
-        return calibrate(reference.probabilities, reference.labels)
+        return calibrate(reference.probabilities, reference.labels, reference.features)
 
 
 def write_metadata(folder: Path, metadata: dict[str, Any]) -> None:

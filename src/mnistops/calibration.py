@@ -5,7 +5,10 @@ minimising the negative log-likelihood of ``softmax(log p / T)``; it changes con
 never the predicted digit. Average thresholded confidence (ATC; Garg et al., ICLR 2022):
 on held-out data, the confidence threshold above which the share of images equals the
 accuracy there; on a window of unlabelled traffic, the share of images above it is the
-estimated accuracy. Both are fitted from the reference profile (the held-out images'
+estimated accuracy. ATC fails where a model stays confident while wrong on images unlike
+any it was trained on (inverted digits: 82 points off), so an image whose input
+statistics (``features.py``) fall outside the held-out images' range counts as wrong
+whatever its confidence. Both are fitted from the reference profile (the held-out images'
 probabilities and true labels), at training time, and stored with the version.
 """
 
@@ -19,6 +22,11 @@ import numpy as np
 from mnistops.evaluate import expected_calibration_error
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+FEATURE_RANGE = (0.0005, 0.9995)
+"""The quantiles of the held-out images' input statistics that span "like training"..."""
+FEATURE_MARGIN = 1.0
+"""... widened by this many times its width on each side: thicker or noisier digits stay
+inside (they are read right), inverted ones fall outside."""
 _TINY = 1e-12
 
 
@@ -32,23 +40,47 @@ class Calibration:
     ece_before: float
     ece_after: float
     heldout_accuracy: float
+    feature_low: tuple[float, ...] = ()
+    """Per input statistic, the low end of the held-out range (empty: no gate)."""
+    feature_high: tuple[float, ...] = ()
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        return cls(**{k: float(data[k]) for k in cls.__dataclass_fields__})
+        return cls(
+            temperature=float(data["temperature"]),
+            atc_threshold=float(data["atc_threshold"]),
+            ece_before=float(data["ece_before"]),
+            ece_after=float(data["ece_after"]),
+            heldout_accuracy=float(data["heldout_accuracy"]),
+            feature_low=tuple(float(v) for v in data.get("feature_low", ())),
+            feature_high=tuple(float(v) for v in data.get("feature_high", ())),
+        )
 
     def scale(self, probabilities: np.ndarray) -> np.ndarray:
         """``[N, 10]`` probabilities at this temperature."""
         return scaled(probabilities, self.temperature)
 
-    def estimate_accuracy(self, probabilities: np.ndarray) -> float | None:
+    def probably_right(
+        self, probabilities: np.ndarray, features: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Per image: confident beyond the threshold, and (given its input statistics)
+        like the held-out images."""
+        above = self.scale(probabilities).max(axis=1) > self.atc_threshold
+        if features is not None and self.feature_low:
+            low, high = np.asarray(self.feature_low), np.asarray(self.feature_high)
+            above &= ((features >= low) & (features <= high)).all(axis=1)
+        return above
+
+    def estimate_accuracy(
+        self, probabilities: np.ndarray, features: np.ndarray | None = None
+    ) -> float | None:
         """ATC's estimate of accuracy over ``probabilities`` (None for none)."""
         if not len(probabilities):
             return None
-        return float((self.scale(probabilities).max(axis=1) > self.atc_threshold).mean())
+        return float(self.probably_right(probabilities, features).mean())
 
 
 def scaled(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -72,13 +104,26 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(found.x)
 
 
-def calibrate(probabilities: np.ndarray, labels: np.ndarray) -> Calibration:
-    """Fit the temperature and the ATC threshold on held-out ``probabilities``."""
+def calibrate(
+    probabilities: np.ndarray, labels: np.ndarray, features: np.ndarray | None = None
+) -> Calibration:
+    """Fit the temperature and the ATC threshold on held-out ``probabilities`` (and, given
+    the held-out images' input statistics, the range of each)."""
     labels = labels.astype(np.int64)
     temperature = fit_temperature(probabilities, labels)
     calibrated = scaled(probabilities, temperature)
     accuracy = float((calibrated.argmax(axis=1) == labels).mean())
     confidence = calibrated.max(axis=1)
+    low: tuple[float, ...] = ()
+    high: tuple[float, ...] = ()
+    if features is not None and len(features):
+        bottom = np.quantile(features, FEATURE_RANGE[0], axis=0)
+        top = np.quantile(features, FEATURE_RANGE[1], axis=0)
+        width = top - bottom
+        low = tuple(float(v) for v in bottom - FEATURE_MARGIN * width)
+        high = tuple(float(v) for v in top + FEATURE_MARGIN * width)
+        inside = ((features >= np.asarray(low)) & (features <= np.asarray(high))).all(axis=1)
+        confidence = np.where(inside, confidence, -1.0)  # never above any threshold
     # the share of held-out images above the threshold is the held-out accuracy
     threshold = float(np.quantile(confidence, 1.0 - accuracy))
     return Calibration(
@@ -87,4 +132,6 @@ def calibrate(probabilities: np.ndarray, labels: np.ndarray) -> Calibration:
         ece_before=expected_calibration_error(probabilities, labels),
         ece_after=expected_calibration_error(calibrated, labels),
         heldout_accuracy=accuracy,
+        feature_low=low,
+        feature_high=high,
     )

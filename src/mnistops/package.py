@@ -88,8 +88,8 @@ def register_version(
     bundle.mkdir()
     diff = _export_and_check(model, bundle, splits.x_test, test_probs)
     log(f"ONNX parity: max |ONNX - Keras| = {diff:.2e} on {PARITY_IMAGES} test images")
-    heldout = _write_reference(bundle, splits.x_val, splits.y_val)
-    calibration = calibrate(heldout, splits.y_val)
+    reference = _write_reference(bundle, splits.x_val, splits.y_val)
+    calibration = calibrate(reference.probabilities, reference.labels, reference.features)
     mlflow.log_metrics(
         {
             "temperature": calibration.temperature,
@@ -136,17 +136,16 @@ def _export_and_check(
     return diff
 
 
-def _write_reference(bundle: Path, x_val: np.ndarray, y_val: np.ndarray) -> np.ndarray:
-    """The drift reference: features and ONNX softmax outputs on held-out images (which
-    it returns)."""
-    probabilities = onnx_probabilities(bundle / ONNX_FILE, x_val)
-    ReferenceProfile(
+def _write_reference(bundle: Path, x_val: np.ndarray, y_val: np.ndarray) -> ReferenceProfile:
+    """The drift reference: features and ONNX softmax outputs on held-out images."""
+    reference = ReferenceProfile(
         feature_names=FEATURE_NAMES,
         features=image_features(x_val),
-        probabilities=probabilities,
+        probabilities=onnx_probabilities(bundle / ONNX_FILE, x_val),
         labels=y_val,
-    ).save(bundle / REFERENCE_FILE)
-    return probabilities
+    )
+    reference.save(bundle / REFERENCE_FILE)
+    return reference
 
 
 def _log_and_register(settings: Settings, model: Any, example: np.ndarray, bundle: Path) -> str:

@@ -48,3 +48,26 @@ def test_a_calibration_round_trips_through_its_dict() -> None:
     probs, labels = _overconfident(500, 0.8, seed=4)
     found = calibrate(probs, labels)
     assert Calibration.from_dict(found.as_dict()) == found
+
+
+def test_images_unlike_the_held_out_ones_count_as_wrong_however_confident() -> None:
+    probs, labels = _overconfident(6000, 0.9, seed=5)
+    features = np.random.default_rng(5).normal(0, 1, (6000, 5))
+    found = calibrate(probs, labels, features)
+    assert found.estimate_accuracy(probs, features) == pytest.approx(
+        found.heldout_accuracy, abs=0.003
+    )
+    inverted = features + 30.0  # far outside every held-out range, confidence unchanged
+    assert found.estimate_accuracy(probs, inverted) == 0.0
+    assert found.estimate_accuracy(probs) == pytest.approx(found.heldout_accuracy, abs=0.01)
+    assert Calibration.from_dict(found.as_dict()) == found
+
+
+def test_a_little_beyond_the_held_out_range_is_still_inside() -> None:
+    probs, labels = _overconfident(6000, 0.9, seed=6)
+    features = np.random.default_rng(6).normal(0, 1, (6000, 5))
+    found = calibrate(probs, labels, features)
+    thicker = features + 2.0  # as thicker strokes move ink statistics: still digits
+    assert found.estimate_accuracy(probs, thicker) == pytest.approx(
+        found.estimate_accuracy(probs, features), abs=0.02
+    )

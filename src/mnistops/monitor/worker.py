@@ -186,7 +186,7 @@ class MonitorCore:
         confidence = batch.probabilities.max(axis=1)
         self._update_metrics(features, labels, confidence)
         self._maybe_check(features, batch.probabilities)
-        self._estimate(batch.probabilities)
+        self._estimate(batch.probabilities, features)
         self.feedback.remember(batch.request_ids, batch.probabilities)
         self.log.put_many(self._log_rows(batch, features, labels, confidence))
 
@@ -203,11 +203,11 @@ class MonitorCore:
         for j, name in enumerate(FEATURE_NAMES):
             metrics.INPUT_FEATURES[name].observe(features[:, j])
 
-    def _estimate(self, probabilities: np.ndarray) -> None:
+    def _estimate(self, probabilities: np.ndarray, features: np.ndarray) -> None:
         """Slide the window of "probably right" flags (ATC) and export its share."""
         if self.calibration is None:
             return
-        above = self.calibration.scale(probabilities).max(axis=1) > self.calibration.atc_threshold
+        above = self.calibration.probably_right(probabilities, features)
         self._confidence.append(above)
         self._confident += int(above.sum())
         self._in_window += len(above)

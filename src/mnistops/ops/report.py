@@ -247,7 +247,9 @@ def build_report(
     accuracy_text = (
         "no feedback yet" if accuracy is None else f"{accuracy:.3f} over {labelled} labels"
     )
-    estimated = bundle.calibration().estimate_accuracy(log.probabilities[-WINDOW:])
+    estimated = bundle.calibration().estimate_accuracy(
+        log.probabilities[-WINDOW:], log.features[-WINDOW:]
+    )
     accuracy_text += (
         f". Estimated accuracy without labels (ATC) over the last "
         f"{min(len(log), WINDOW)}: {estimated:.3f}"

@@ -45,16 +45,27 @@ def check_address(host: str, port: int, option: str = "--port") -> None:
     Raises:
         ServeError: the port is taken, or the host is not an address of this machine.
     """
+    _bound(host, port, option).close()
+
+
+def _bound(host: str, port: int, option: str) -> socket.socket:
+    """A TCP socket bound to ``host:port`` as uvicorn binds (SO_REUSEADDR).
+
+    Raises:
+        ServeError: the port is taken, or the host is not an address of this machine.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise ServeError(
-                f"cannot listen on {host}:{port} ({exc.strerror}); "
-                f"choose a free {option} and an address of this machine as --host"
-            ) from exc
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); "
+            f"choose a free {option} and an address of this machine as --host"
+        ) from exc
+    return sock
 
 
 BACKLOG = 2048
@@ -144,15 +155,7 @@ def serve(settings: Settings) -> None:
 def listening_socket(settings: Settings) -> socket.socket:
     """The HTTP port, bound and listening, for worker processes to share (connections
     wait in its backlog until a worker accepts them)."""
-    host = settings.host
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, settings.port))
-    except OSError as exc:
-        sock.close()
-        raise ServeError(f"cannot listen on {host}:{settings.port} ({exc.strerror})") from exc
+    sock = _bound(settings.host, settings.port, "--port")
     sock.listen(min(BACKLOG, settings.max_connections * settings.workers))
     sock.set_inheritable(True)
     return sock
@@ -298,8 +301,10 @@ def run_worker(
     """One of several workers (``serve.workers``): load and warm up the model, report
     (None, or why not), wait for every other worker, then serve on the shared socket
     until SIGTERM."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") != metrics_dir:
-        raise RuntimeError("a worker must start with PROMETHEUS_MULTIPROC_DIR set")
+    from mnistops.monitor.metrics import MULTIPROC_DIR, WORKER_PID_FILE
+
+    if os.environ.get(MULTIPROC_DIR) != metrics_dir:
+        raise RuntimeError(f"a worker must start with {MULTIPROC_DIR} set")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # until serving: the supervisor relays it
     try:
         app = create_app(settings, bundle, monitor_address=address)
@@ -315,8 +320,6 @@ def run_worker(
     report.close()
     go.wait()
     if settings.monitoring:  # /metrics sums this worker's process metrics from now on
-        from mnistops.monitor.metrics import WORKER_PID_FILE
-
         Path(metrics_dir, WORKER_PID_FILE.format(pid=os.getpid())).touch()
     server.run(sockets=[sock])
     if server.failure is not None:

@@ -309,10 +309,10 @@ def summarise(text: str, name: str, version: str) -> dict[str, Any]:
     digits = [0.0] * 10
     low = 0.0
     found: dict[str, float] = {}
-    model = {"model": name, "version": version}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels, value = sample.labels, sample.value
+            served = labels.get("model") == name and labels.get("version") == version
             if sample.name == "mnistops_requests_total" and _counted(labels["route"]):
                 requests += value
                 status = int(labels["status"])
@@ -322,15 +322,12 @@ def summarise(text: str, name: str, version: str) -> dict[str, Any]:
                 if _counted(labels["route"]):
                     le = float(labels["le"])
                     latency[le] = latency.get(le, 0.0) + value
-            elif sample.name == "mnistops_predictions_total":
-                if labels.get("model") == name and labels.get("version") == version:
-                    digits[int(labels["digit"])] += value
-            elif sample.name == "mnistops_low_confidence_predictions_total":
-                if {k: labels.get(k) for k in model} == model:
-                    low += value
-            elif sample.name == "mnistops_prediction_confidence_bucket":
-                if {k: labels.get(k) for k in model} == model:
-                    confidence[float(labels["le"])] = value
+            elif sample.name == "mnistops_predictions_total" and served:
+                digits[int(labels["digit"])] += value
+            elif sample.name == "mnistops_low_confidence_predictions_total" and served:
+                low += value
+            elif sample.name == "mnistops_prediction_confidence_bucket" and served:
+                confidence[float(labels["le"])] = value
             elif sample.name == "mnistops_feedback_total":
                 found["feedback"] = found.get("feedback", 0.0) + value
             elif sample.name in (

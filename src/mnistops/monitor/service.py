@@ -78,7 +78,7 @@ PROCESS_JOIN_S = 5.0
 
 
 def _digit_shares(bundle: ModelBundle) -> list[float]:
-    """The share of each digit among the reference profile's predicted labels."""
+    """The share of each digit among the reference profile's (held-out) true labels."""
     labels = bundle.reference().labels
     counts = np.bincount(labels.astype(np.int64), minlength=10)[:10]
     return [float(c) for c in counts / max(int(counts.sum()), 1)]

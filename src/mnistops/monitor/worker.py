@@ -89,8 +89,9 @@ class MonitorCore:
         self.settings = settings
         self.calibration = calibration
         """The version's temperature and ATC threshold (None: no estimate of accuracy)."""
-        self._confidence: collections.deque[np.ndarray] = collections.deque()
-        self._confident = 0  # images in the window above the ATC threshold
+        self._right: collections.deque[np.ndarray] = collections.deque()
+        """Per batch in the window, each image's "probably right" flag (ATC)."""
+        self._confident = 0  # images in the window flagged probably right
         self._in_window = 0
         self.log = PredictionLog(settings.prediction_log, settings.prediction_log_queue)
         self.feedback = Feedback(FeedbackStore(settings.prediction_log))
@@ -133,25 +134,21 @@ class MonitorCore:
         """Store a true label; None if its prediction is not known yet and this is not the
         ``last_try`` (the log is searched on the first and the last try only)."""
         first_try = message.seq not in self._tried
+        self._tried.discard(message.seq)
         try:
             answer = self.feedback.record(
                 message.request_id, message.label, look_in_log=first_try or last_try
             )
         except KeyError:
-            if not last_try:
-                self._tried.add(message.seq)
-                return None
-            answer = None
+            if last_try:
+                return FeedbackReply(message.seq, error=FEEDBACK_UNKNOWN)
+            self._tried.add(message.seq)
+            return None
         except AlreadyLabelledError:
-            self._tried.discard(message.seq)
             return FeedbackReply(message.seq, error=FEEDBACK_LABELLED)
         except SQLAlchemyError as exc:
             log.warning("feedback not stored: %s", exc)
-            self._tried.discard(message.seq)
             return FeedbackReply(message.seq, error=FEEDBACK_STORE_DOWN)
-        self._tried.discard(message.seq)
-        if answer is None:
-            return FeedbackReply(message.seq, error=FEEDBACK_UNKNOWN)
         return FeedbackReply(message.seq, answer=answer)
 
     def set_model(
@@ -164,7 +161,7 @@ class MonitorCore:
         """A new version is served: new reference profile, fresh drift window."""
         self.drift.reset(reference)
         self.calibration = calibration
-        self._confidence.clear()
+        self._right.clear()
         self._confident = self._in_window = 0
         self._set_labels(name, version)
 
@@ -208,11 +205,11 @@ class MonitorCore:
         if self.calibration is None:
             return
         above = self.calibration.probably_right(probabilities, features)
-        self._confidence.append(above)
+        self._right.append(above)
         self._confident += int(above.sum())
         self._in_window += len(above)
-        while self._in_window - len(self._confidence[0]) >= self.settings.drift_window:
-            dropped = self._confidence.popleft()
+        while self._in_window - len(self._right[0]) >= self.settings.drift_window:
+            dropped = self._right.popleft()
             self._confident -= int(dropped.sum())
             self._in_window -= len(dropped)
         metrics.ESTIMATED_ACCURACY.labels(*self._model).set(self.estimated_accuracy() or 0.0)

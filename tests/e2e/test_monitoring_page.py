@@ -14,7 +14,7 @@ from bench.servers import free_port
 from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
 from mnistops.ops.simulate import scenario_images, simulate
-from tests.e2e.test_page import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.test_page import chromium
 from tests.support.server import RunningServer, run_server
 
 if TYPE_CHECKING:
@@ -33,18 +33,13 @@ def live(trained_bundle: ModelBundle, tmp_path: Path) -> Iterator[RunningServer]
 
 @pytest.fixture
 def page(live: RunningServer) -> Iterator[Page]:
-    assert Path(CHROMIUM).exists(), "Chromium is required: apt-get install chromium"
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         page = browser.new_page()
         requested: list[str] = []
         page.on("request", lambda request: requested.append(request.url))
         page.goto(live.url + "/monitoring")
         yield page
         assert all(url.startswith(live.url) for url in requested), requested
-        browser.close()
 
 
 def _send(url: str, name: str, settings: Settings, n: int, rate: float) -> threading.Thread:

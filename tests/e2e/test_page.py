@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,8 +42,9 @@ def live(
         yield srv
 
 
-@pytest.fixture(scope="module")
-def browser(live: RunningServer) -> Iterator[Browser]:
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """A headless Chromium (the system's, as CI installs it), closed on exit."""
     assert shutil.which("chromium") or Path(CHROMIUM).exists(), (
         "Chromium is required for the browser tests: apt-get install chromium"
     )
@@ -52,6 +54,12 @@ def browser(live: RunningServer) -> Iterator[Browser]:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser(live: RunningServer) -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +78,12 @@ def test_drawing_a_one_shows_a_prediction_and_bars(page: Page, tmp_path: Path) -
     for step in range(1, 21):
         page.mouse.move(x + step * 0.5, box["y"] + 50 + step * 9)
     page.mouse.up()
-    page.wait_for_function("document.getElementById('digit').textContent !== ''", timeout=10_000)
+    # the answer to the whole stroke: no prediction in flight or queued (the page also
+    # predicts while drawing, and an early answer is of part of the stroke)
+    page.wait_for_function(
+        "!pending && !again && document.getElementById('digit').textContent !== ''",
+        timeout=10_000,
+    )
     assert page.locator("#digit").text_content() == "1"
     widths = page.eval_on_selector_all(
         ".bar > div", "els => els.map(e => parseFloat(e.style.width))"

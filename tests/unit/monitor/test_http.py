@@ -19,7 +19,7 @@ from mnistops.config import Settings
 from mnistops.errors import MonitorUnavailableError
 from mnistops.ids import new_request_id
 from mnistops.monitor.feedback import Feedback
-from mnistops.monitor.http import monitor_router
+from mnistops.monitor.http import DriftAndFeedback, monitor_router
 from mnistops.monitor.predlog import FeedbackStore, make_engine, meta, now, predictions
 
 pytestmark = pytest.mark.unit
@@ -66,8 +66,21 @@ def _call(
     settings: Settings | None = None,
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
+    """``method path`` on the routes around a small monitor with real ``feedback``."""
+    return _ask(SmallMonitor(feedback), method, path, body, settings, headers)
+
+
+def _ask(
+    monitor: DriftAndFeedback,
+    method: str,
+    path: str,
+    body: object = None,
+    settings: Settings | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """``method path`` on the monitoring routes around ``monitor``, in process."""
     app = FastAPI()
-    app.include_router(monitor_router(SmallMonitor(feedback), settings or Settings()))
+    app.include_router(monitor_router(monitor, settings or Settings()))
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
@@ -141,15 +154,7 @@ class Untouchable:
 
 
 def _untouched(body: object, settings: Settings) -> httpx.Response:
-    app = FastAPI()
-    app.include_router(monitor_router(Untouchable(), settings))
-
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://monitor") as client:
-            return await client.post("/feedback", json=body)
-
-    return asyncio.run(go())
+    return _ask(Untouchable(), "POST", "/feedback", body, settings)
 
 
 @pytest.mark.parametrize(

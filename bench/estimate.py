@@ -97,6 +97,7 @@ def bench_estimate() -> EstimateResult:
 
     bundle = load_bundle(export_champion())
     calibration = bundle.calibration()
+    assert calibration is not None, "the benchmarks run where training runs, with scipy"
     predictor = Predictor(bundle)
     predictor.load()
     mnist = load_mnist(load_settings(home=HOME))

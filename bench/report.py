@@ -16,6 +16,7 @@ from bench.results import (
     MLSERVER,
     MNISTOPS,
     BatchResult,
+    DriftResult,
     EstimateResult,
     PeersResult,
     Results,
@@ -57,6 +58,8 @@ def report(results: Results, date: str | None = None) -> str:
         lines += _workers(results.workers)
     if results.estimate:
         lines += _estimate(results.estimate, found)
+    if results.drift:
+        lines += _drift(results.drift, found)
     if results.stress:
         lines += _stress(results.stress)
     return "\n".join(lines + _reproduce(results.stress_only))
@@ -327,6 +330,38 @@ def _estimate(estimate: EstimateResult, found: dict[str, float]) -> list[str]:
     ]
 
 
+def _drift(drift: DriftResult, found: dict[str, float]) -> list[str]:
+    windows = ", ".join(str(w) for w in drift.windows)
+    return [
+        "## Drift alarms",
+        "",
+        f"The detector serving uses, at its default expected run time between false alarms "
+        f"({drift.ert:,} predictions): threshold {drift.threshold:.2f} on the largest score "
+        f"over every test and window ({windows} predictions; tolerance {drift.tolerance} "
+        "standard deviations), calibrated on bootstrap streams of the held-out reference. "
+        "Streams drawn from the champion's scores of the 10,000 MNIST test digits (shifted) "
+        "or of Fashion-MNIST's test images.",
+        "",
+        f"- clean MNIST test streams: {drift.clean_alarms} false alarm(s) in "
+        f"{drift.clean_predictions:,} predictions: one per {drift.measured_ert:,.0f}",
+        target_line("drift_ert", found["drift_ert"]),
+        "",
+        f"Detection delay, in shifted predictions after {drift.repeats} clean warm-ups "
+        "(the longest window full):",
+        "",
+        "| shift | median | 95th percentile | missed | target (95th) |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {r.scenario} | {r.median:.0f} | {r.p95:.0f} | {r.missed} | "
+            f"{'' if r.target is None else f'≤ {r.target:,}'} |"
+            for r in drift.rows
+        ),
+        "",
+        target_line("drift_delay", found["drift_delay"]),
+        "",
+    ]
+
+
 SCALING_CORES = (8, 16)
 
 
@@ -414,6 +449,6 @@ def _reproduce(stress_only: bool) -> list[str]:
         "",
         "`make bench` (about 30 minutes; the first run also builds `bench/.work/labenv` with "
         "`tensorflow-cpu`, and the peers' venvs in `bench/.work/peers`). Parts: "
-        "`python -m bench.run --only training serving servers batch peers workers estimate`.",
+        "`python -m bench.run --only training serving servers batch peers workers estimate drift`.",
         "",
     ]

@@ -145,6 +145,37 @@ class EstimateResult:
 
 
 @dataclass(frozen=True)
+class DriftRow:
+    scenario: str
+    median: float
+    """Median detection delay, in shifted predictions (NaN: never found)."""
+    p95: float
+    """95th percentile of the delay over the repeats that found it."""
+    missed: int
+    """Repeats not found within the longest stream."""
+    target: int | None
+    """The delay its 95th percentile must be within, when the issue sets one."""
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    ert: int
+    """The configured expected run time between false alarms."""
+    threshold: float
+    windows: tuple[int, ...]
+    tolerance: float
+    clean_predictions: int
+    clean_alarms: int
+    repeats: int
+    rows: list[DriftRow]
+
+    @property
+    def measured_ert(self) -> float:
+        """Clean predictions per false alarm (all of them when there was none)."""
+        return self.clean_predictions / max(self.clean_alarms, 1)
+
+
+@dataclass(frozen=True)
 class BatchResult:
     images: int
     batch: int
@@ -183,6 +214,7 @@ class Results:
     peers: PeersResult | None = None
     workers: WorkersResult | None = None
     estimate: EstimateResult | None = None
+    drift: DriftResult | None = None
     stress: StressResult | None = None
 
     @property
@@ -196,5 +228,6 @@ class Results:
             self.peers,
             self.workers,
             self.estimate,
+            self.drift,
         )
         return self.stress is not None and not any(others)

@@ -40,7 +40,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import batch, estimate, peers, serving, stress, training
+from bench import batch, drift, estimate, peers, serving, stress, training
 from bench.report import report
 from bench.results import Results
 from bench.targets import PEER_TARGET_SERVERS, verdicts
@@ -48,7 +48,7 @@ from bench.workspace import BENCH, WORK, log
 
 RESULTS = BENCH / "results.md"
 STRESS = BENCH / "stress.md"
-SUITES = ("training", "serving", "servers", "batch", "peers", "workers", "estimate")
+SUITES = ("training", "serving", "servers", "batch", "peers", "workers", "estimate", "drift")
 ASGI_REPEATS = 2
 BATCH_REPEATS = 5
 
@@ -89,6 +89,8 @@ def run_suites(args: argparse.Namespace) -> Results:
         results.workers = serving.bench_workers(args.seconds, args.repeats)
     if "estimate" in args.only:
         results.estimate = estimate.bench_estimate()
+    if "drift" in args.only:
+        results.drift = drift.bench_drift()
     return results
 
 

@@ -125,6 +125,20 @@ TARGETS: tuple[Target, ...] = (
         POINTS,
         "accuracy estimated without labels vs true, mean |error| over the shift scenarios",
     ),
+    Target(
+        "drift_ert",
+        "≥",
+        1.0,
+        FACTOR,
+        "run time between false drift alarms on clean MNIST test streams, over the configured",
+    ),
+    Target(
+        "drift_delay",
+        "≤",
+        1.0,
+        FACTOR,
+        "slowest targeted shift: 95th percentile of its detection delay over its target",
+    ),
 )
 PEER_TARGET_SERVERS: dict[str, tuple[str, ...]] = {
     "vs_best_peer": (MNISTOPS, *PEER_FRAMEWORKS),
@@ -157,6 +171,13 @@ def figures(results: Results) -> dict[str, float]:
     if results.estimate and results.estimate.rows:
         rows = results.estimate.rows
         found["estimate_error"] = 100 * sum(r.error for r in rows) / len(rows)
+    if results.drift:
+        found["drift_ert"] = results.drift.measured_ert / results.drift.ert
+        found["drift_delay"] = max(
+            (r.p95 if not r.missed else float("inf")) / r.target
+            for r in results.drift.rows
+            if r.target is not None
+        )
     return found
 
 

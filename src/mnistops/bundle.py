@@ -6,7 +6,9 @@ A bundle folder holds three files and needs nothing else:
   softmax probabilities;
 - ``reference.npz``: the reference profile of held-out data for drift detection,
   arrays ``features`` ``[M, F]`` (columns named by ``feature_names``, computed by
-  :mod:`mnistops.features`), ``probabilities`` ``[M, 10]`` and ``labels`` ``[M]``;
+  :mod:`mnistops.features`), ``probabilities`` ``[M, 10]`` and ``labels`` ``[M]``, and
+  the drift detector's calibration (``drift_windows``, ``drift_tolerance``,
+  ``drift_length``, ``drift_maxima``: see :mod:`mnistops.monitor.drift`);
 - ``metadata.json``: name, version, run id, architecture and test accuracy.
 """
 
@@ -38,6 +40,7 @@ class BundleError(MnistopsError):
 
 if TYPE_CHECKING:
     from mnistops.calibration import Calibration
+    from mnistops.monitor.drift import DriftCalibration
 
 
 @dataclass(frozen=True)
@@ -48,15 +51,27 @@ class ReferenceProfile:
     features: np.ndarray
     probabilities: np.ndarray
     labels: np.ndarray
+    drift: DriftCalibration | None = None
+    """The drift threshold's calibration (None in a profile written before it was stored)."""
 
     def save(self, path: Path) -> None:
         """Write the profile as an ``.npz`` file."""
+        drift: dict[str, np.ndarray] = {}
+        if self.drift is not None:
+            drift = {
+                "drift_windows": np.array(self.drift.windows, dtype=np.int64),
+                "drift_tolerance": np.array(self.drift.tolerance, dtype=np.float64),
+                "drift_length": np.array(self.drift.length, dtype=np.int64),
+                "drift_maxima": self.drift.maxima.astype(np.float64),
+            }
         np.savez_compressed(
             path,
             feature_names=np.array(self.feature_names),
             features=self.features.astype(np.float32),
             probabilities=self.probabilities.astype(np.float32),
             labels=self.labels.astype(np.int64),
+            allow_pickle=False,
+            **drift,
         )
 
     @classmethod
@@ -73,12 +88,28 @@ class ReferenceProfile:
                     features=data["features"],
                     probabilities=data["probabilities"],
                     labels=data["labels"],
+                    drift=_drift_calibration(data),
                 )
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise BundleError(
                 f"{path} is not a reference profile ({exc}); "
                 "write the folder again with `mnistops export`"
             ) from exc
+
+
+def _drift_calibration(data: Any) -> DriftCalibration | None:
+    """The stored drift calibration of an opened profile (None when it has none)."""
+    from mnistops.monitor.drift import DriftCalibration
+
+    if "drift_maxima" not in data.files:
+        return None
+    maxima = np.asarray(data["drift_maxima"], dtype=np.float64)
+    windows = tuple(int(w) for w in data["drift_windows"])
+    if not len(maxima) or not np.isfinite(maxima).all() or not windows or min(windows) < 1:
+        raise ValueError("its drift calibration is malformed")
+    return DriftCalibration(
+        windows, float(data["drift_tolerance"]), int(data["drift_length"]), maxima
+    )
 
 
 @dataclass(frozen=True)
@@ -102,9 +133,18 @@ class ModelBundle:
         """Load the reference profile stored with this version."""
         return ReferenceProfile.load(self.reference_path)
 
-    def calibration(self) -> Calibration:
+    def drift_reference(self) -> tuple[ReferenceProfile, DriftCalibration]:
+        """The reference profile and its drift calibration (calibrated now, which takes a
+        few seconds, for a version registered before it was stored)."""
+        from mnistops.monitor.drift import calibrate as calibrate_drift
+
+        reference = self.reference()
+        return reference, reference.drift or calibrate_drift(reference)
+
+    def calibration(self) -> Calibration | None:
         """The temperature and ATC threshold stored with this version (fitted now, from
-        its reference profile, for a version registered before they were stored)."""
+        its reference profile, for a version registered before they were stored; None
+        when that needs scipy and this is a serving-only install without it)."""
         from mnistops.calibration import Calibration, calibrate
 
         stored = self.metadata.get("calibration")
@@ -112,7 +152,10 @@ class ModelBundle:
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 return Calibration.from_dict(stored)
         reference = self.reference()
-        return calibrate(reference.probabilities, reference.labels, reference.features)
+        try:
+            return calibrate(reference.probabilities, reference.labels, reference.features)
+        except ImportError:
+            return None
 
 
 def write_metadata(folder: Path, metadata: dict[str, Any]) -> None:

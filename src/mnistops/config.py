@@ -90,13 +90,17 @@ class Settings(BaseSettings):
     monitoring: bool = True
     """Metrics, drift detection and the prediction log (off only to measure their cost)."""
     drift_window: int = 500
-    """Sliding window of recent predictions the drift tests look at."""
+    """The accuracy estimate's window: about this many recent predictions."""
+    drift_ert: int = Field(default=1_000_000, gt=20_000)
+    """Expected run time between false drift alarms, in predictions, for traffic like the
+    held-out data: the detector's threshold is set from the calibration stored with the
+    version (one false alarm per million predictions by default)."""
     drift_check_every: int = 50
-    """Run the drift tests after this many new predictions."""
+    """Publish the drift verdict and its evidence after this many new predictions (every
+    prediction is scored; an alarm's onset is published at once)."""
     drift_min_interval_s: float = 1.0
-    """At most one drift check per this many seconds, however busy the service is."""
-    drift_alpha: float = 0.001
-    """Family-wise significance level of the drift verdict (Bonferroni over all tests)."""
+    """At most one published verdict per this many seconds, however busy the service is
+    (an alarm's onset is published at once)."""
     feedback_max_age_s: float = Field(default=7 * 24 * 3600, gt=0)
     """Feedback is taken for predictions at most this old (a week); older ones get 410."""
     service_token: str | None = None

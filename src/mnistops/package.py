@@ -11,6 +11,7 @@ itself a complete MLflow Keras model). ``reference.npz`` and ``metadata.json`` l
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,12 +91,19 @@ def register_version(
     log(f"ONNX parity: max |ONNX - Keras| = {diff:.2e} on {PARITY_IMAGES} test images")
     reference = _write_reference(bundle, splits.x_val, splits.y_val)
     calibration = calibrate(reference.probabilities, reference.labels, reference.features)
+    assert reference.drift is not None
+    drift_threshold = reference.drift.threshold(settings.drift_ert)
     mlflow.log_metrics(
         {
             "temperature": calibration.temperature,
             "ece_calibrated": calibration.ece_after,
             "atc_threshold": calibration.atc_threshold,
+            "drift_threshold": drift_threshold,
         }
+    )
+    log(
+        f"drift: threshold {drift_threshold:.2f} for one false alarm per "
+        f"{settings.drift_ert:,} predictions ({len(reference.drift.maxima)} bootstrap streams)"
     )
     log(
         f"calibration: temperature {calibration.temperature:.3f}, held-out ECE "
@@ -137,13 +145,17 @@ def _export_and_check(
 
 
 def _write_reference(bundle: Path, x_val: np.ndarray, y_val: np.ndarray) -> ReferenceProfile:
-    """The drift reference: features and ONNX softmax outputs on held-out images."""
+    """The drift reference: features and ONNX softmax outputs on held-out images, and the
+    drift threshold's calibration on them."""
+    from mnistops.monitor.drift import calibrate as calibrate_drift
+
     reference = ReferenceProfile(
         feature_names=FEATURE_NAMES,
         features=image_features(x_val),
         probabilities=onnx_probabilities(bundle / ONNX_FILE, x_val),
         labels=y_val,
     )
+    reference = dataclasses.replace(reference, drift=calibrate_drift(reference))
     reference.save(bundle / REFERENCE_FILE)
     return reference
 

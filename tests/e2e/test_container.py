@@ -95,7 +95,7 @@ def test_image_serves_digits_as_non_root_and_stops_cleanly(image: str, mnist: Mn
         assert right >= 85
         user = _podman("exec", container, "id", "-u").stdout.strip()
         assert user not in ("", "0"), user
-        for forbidden in ("keras", "torch", "jax", "tensorflow", "mlflow"):
+        for forbidden in ("keras", "torch", "jax", "tensorflow", "mlflow", "scipy"):
             probe = _podman("exec", container, "python3", "-c", f"import {forbidden}")
             assert probe.returncode != 0, f"{forbidden} is installed in the serving image"
     finally:

@@ -1,8 +1,9 @@
-"""Drift detection on real images, at the library level (features + a trained model).
+"""Drift detection on real images, at the library level (features + a trained model,
+its reference profile and the drift calibration stored with it at training time).
 
-Targets: Fashion-MNIST flagged within 200 predictions; digits rotated, inverted or with
-heavy noise flagged; clean MNIST test traffic raises a false alarm in at most 1 % of
-windows.
+Fashion-MNIST and inverted digits are flagged within 100 predictions of a clean stream,
+rotated and noisy digits within 200; clean MNIST test traffic at a stated expected run
+time between false alarms raises about that many; the alarm names the test behind it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mnistops.ops.simulate import scenario_images
 from mnistops.predictor import Predictor
 
 pytestmark = pytest.mark.integration
-WINDOW, EVERY, ALPHA = 500, 50, 0.001
+ERT = 1_000_000
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,11 @@ def _stream(predictor: Predictor, images: np.ndarray) -> tuple[np.ndarray, np.nd
     return image_features(pixels), predictor.predict(pixels)
 
 
+def _detector(bundle: ModelBundle, ert: float = ERT, every: int = 50) -> DriftDetector:
+    reference, calibration = bundle.drift_reference()
+    return DriftDetector(reference, calibration, ert, every)
+
+
 def _first_alarm(detector: DriftDetector, features: np.ndarray, probs: np.ndarray) -> int | None:
     """Feed predictions one request at a time; the count at the first drift verdict."""
     for i in range(len(features)):
@@ -42,53 +48,66 @@ def _first_alarm(detector: DriftDetector, features: np.ndarray, probs: np.ndarra
     return None
 
 
-@pytest.mark.parametrize("scenario", ["fashion", "rotate", "invert", "noise"])
-def test_shifted_traffic_is_flagged_within_200_predictions(
+@pytest.mark.parametrize(
+    ("scenario", "within"), [("fashion", 100), ("invert", 100), ("rotate", 200), ("noise", 200)]
+)
+def test_shifted_traffic_is_flagged_soon_after_it_begins(
     scenario: str,
+    within: int,
     predictor: Predictor,
     trained_bundle: ModelBundle,
     trained_settings: Settings,
 ) -> None:
-    detector = DriftDetector(trained_bundle.reference(), WINDOW, EVERY, ALPHA)
-    clean, _ = scenario_images("clean", trained_settings, 300, seed=1)
+    assert trained_bundle.reference().drift is not None  # calibrated at training time
+    detector = _detector(trained_bundle)
+    clean, _ = scenario_images("clean", trained_settings, 1000, seed=1)
     assert _first_alarm(detector, *_stream(predictor, clean)) is None
     shifted, _ = scenario_images(scenario, trained_settings, 400, seed=2)
     alarm = _first_alarm(detector, *_stream(predictor, shifted))
-    assert alarm is not None and alarm <= 200, (scenario, alarm)
+    assert alarm is not None and alarm <= within, (scenario, alarm)
     assert detector.last is not None and detector.last.drift
 
 
-def test_clean_traffic_false_alarm_rate_is_at_most_one_percent(
+def test_clean_traffic_raises_false_alarms_at_about_the_stated_rate(
     predictor: Predictor,
     trained_bundle: ModelBundle,
     trained_settings: Settings,
 ) -> None:
-    detector = DriftDetector(trained_bundle.reference(), WINDOW, EVERY, ALPHA)
+    """At an expected run time short enough to count alarms in a test: 1,200,000 clean
+    predictions at one false alarm per 40,000. This small fixture model's reference holds
+    1,200 images, so the calibration (which scores each stream against half of them) is
+    conservative: fewer alarms than stated."""
+    ert = 40_000
+    detector = _detector(trained_bundle, ert=ert, every=10_000)
     images, _ = scenario_images("clean", trained_settings, 10_000, seed=3)
     features, probs = _stream(predictor, images)
     rng = np.random.default_rng(4)
-    windows = 400
-    alarms = 0
-    for _ in range(windows):
-        pick = rng.choice(len(features), WINDOW, replace=False)
-        alarms += detector.check(features[pick], probs[pick]).drift
-    assert alarms / windows <= 0.01, alarms
+    total = 1_200_000
+    for _ in range(total // 5_000):
+        pick = rng.integers(0, len(features), 5_000)
+        detector.update(features[pick], probs[pick])
+    measured = total / max(detector.alarms, 1)
+    # at least the stated run time (with the slack of a count of a few tens), and not so
+    # far above it that the threshold is out of reach
+    assert 0.5 * ert <= measured <= 10 * ert, (detector.alarms, measured)
 
 
-def test_every_test_is_reported_with_statistic_and_pvalue(
+def test_every_test_is_reported_with_its_score_effect_and_window(
     predictor: Predictor, trained_bundle: ModelBundle, trained_settings: Settings
 ) -> None:
-    detector = DriftDetector(trained_bundle.reference(), WINDOW, EVERY, ALPHA)
-    images, _ = scenario_images("clean", trained_settings, 200, seed=5)
+    detector = _detector(trained_bundle)
+    images, _ = scenario_images("invert", trained_settings, 200, seed=5)
     report = detector.check(*_stream(predictor, images))
-    names = set(report.tests)
-    assert {
-        "ks_pixel_mean",
-        "ks_pixel_std",
-        "ks_ink_fraction",
-        "label_chi2",
+    assert set(report.tests) == {
+        "mean_pixel_mean",
+        "mean_pixel_std",
+        "mean_ink_fraction",
+        "mean_centroid_row",
+        "mean_centroid_col",
         "confidence_drop",
-    } <= names
-    assert {f"bbsd_{d}" for d in range(10)} <= names
-    assert report.threshold == pytest.approx(ALPHA / len(names))
-    assert all(0.0 <= r.pvalue <= 1.0 for r in report.tests.values())
+        "label_chi2",
+    }
+    assert report.drift
+    assert report.tests["mean_pixel_mean"].score > report.threshold
+    assert report.tests["mean_pixel_mean"].effect > 3  # inverted: far brighter
+    assert all(r.window == 200 for r in report.tests.values())

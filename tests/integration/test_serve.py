@@ -272,7 +272,8 @@ settings = Settings(home={str(tmp_path)!r}, model_uri={str(trained_bundle.path)!
 with TestClient(create_app(settings)) as client:
     assert client.post("/predict", json={{"image": [0] * 784}}).status_code == 200
     assert client.get("/metrics").status_code == 200
-loaded = sorted(m for m in ("keras", "torch", "jax", "tensorflow", "mlflow") if m in sys.modules)
+heavy = ("keras", "torch", "jax", "tensorflow", "mlflow", "scipy")
+loaded = sorted(m for m in heavy if m in sys.modules)
 print("LOADED", loaded)
 """
     done = subprocess.run(

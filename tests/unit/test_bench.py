@@ -12,6 +12,8 @@ from bench.results import (
     PREDICT_JSON,
     V2_BINARY,
     BatchResult,
+    DriftResult,
+    DriftRow,
     EstimateResult,
     EstimateRow,
     PeerServer,
@@ -98,6 +100,16 @@ def _results() -> Results:
             0.01,
             [EstimateRow("clean", 0.95, 0.94, 0.01), EstimateRow("inverted", 0.2, 0.9, 0.7)],
         ),
+        drift=DriftResult(
+            1_000_000,
+            5.4,
+            (50, 200, 1000),
+            0.1,
+            20_000_000,
+            4,
+            100,
+            [DriftRow("inverted", 3, 4, 0, 100), DriftRow("rotated 15°", 170, 270, 2, None)],
+        ),
     )
 
 
@@ -146,6 +158,8 @@ def test_verdicts_follow_the_figures() -> None:
         "v2_binary_gain": False,  # 3300 / 3000 = 1.1
         "peers_predict_p99": True,  # 4 ms
         "estimate_error": False,  # (1 + 70) / 2 = 35.5 points
+        "drift_ert": True,  # 20 M / 4 alarms = 5 M, over 1 M stated
+        "drift_delay": True,  # inverted: 4 of 100
     }
 
 
@@ -208,3 +222,15 @@ def test_the_estimate_section_gives_each_scenario_and_the_mean_error() -> None:
     rendered = report(_results())
     assert "| inverted | 0.200 | 0.900 | 70.0 |" in rendered
     assert "**35.50 points** (target ≤ 3 points: **not met**)" in rendered
+
+
+def test_drift_targets_read_the_run_time_and_the_slowest_targeted_shift() -> None:
+    results = _results()
+    assert results.drift is not None
+    found = figures(results)
+    assert found["drift_ert"] == pytest.approx(5.0)  # 4 alarms in 20 M at 1 M stated
+    assert found["drift_delay"] == pytest.approx(0.04)  # the untargeted row is left out
+    missed = DriftRow("Fashion-MNIST", 10, 20, 1, 100)
+    results.drift.rows.append(missed)
+    assert figures(results)["drift_delay"] == float("inf")  # a miss never meets a target
+    assert verdicts(results)["drift_delay"] is False

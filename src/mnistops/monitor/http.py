@@ -78,7 +78,7 @@ def monitor_router(monitor: DriftAndFeedback, settings: Settings) -> APIRouter:
 
     @router.get("/monitoring/drift")
     async def drift() -> Response:
-        """The drift verdict, and each test's statistic and p-value, at the last check."""
+        """The drift verdict, and each test's score, effect and window, since the previous one."""
         status = await asyncio.to_thread(monitor.drift_status)
         return Response(orjson.dumps(status), media_type=JSON)
 

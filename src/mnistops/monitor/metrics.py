@@ -154,27 +154,40 @@ INPUT_FEATURES = {
 # --- drift ---------------------------------------------------------------------------
 DRIFT_DETECTED = Gauge(
     "mnistops_drift_detected",
-    "1 when the last drift check found drift.",
+    "1 when a drift alarm was raised since the previous published verdict.",
     MODEL_LABELS,
     registry=MONITOR_REGISTRY,
 )
-DRIFT_PVALUE = Gauge(
-    "mnistops_drift_pvalue",
-    "p-value of each drift test at the last check.",
+DRIFT_SCORE = Gauge(
+    "mnistops_drift_score",
+    "Each drift test's strongest score since the previous verdict (drift above the threshold).",
     ("test",),
     registry=MONITOR_REGISTRY,
 )
-DRIFT_STATISTIC = Gauge(
-    "mnistops_drift_statistic",
-    "Statistic of each drift test.",
+DRIFT_EFFECT = Gauge(
+    "mnistops_drift_effect",
+    "The effect behind each test's score (standard deviations; Cohen's w for label_chi2).",
     ("test",),
+    registry=MONITOR_REGISTRY,
+)
+DRIFT_THRESHOLD = Gauge(
+    "mnistops_drift_threshold",
+    "The score above which a test raises an alarm (calibrated to MNISTOPS_DRIFT_ERT).",
+    registry=MONITOR_REGISTRY,
+)
+DRIFT_ALARMS = Counter(
+    "mnistops_drift_alarms",
+    "Drift alarms raised (each run of scores above the threshold counts once).",
+    MODEL_LABELS,
     registry=MONITOR_REGISTRY,
 )
 DRIFT_WINDOW = Gauge(
-    "mnistops_drift_window_size", "Predictions in the drift window.", registry=MONITOR_REGISTRY
+    "mnistops_drift_window_size",
+    "Predictions in the longest drift window.",
+    registry=MONITOR_REGISTRY,
 )
 DRIFT_CHECKS = Counter(
-    "mnistops_drift_checks", "Drift checks run.", ("result",), registry=MONITOR_REGISTRY
+    "mnistops_drift_checks", "Drift verdicts published.", ("result",), registry=MONITOR_REGISTRY
 )
 
 # --- prediction log and feedback --------------------------------------------------------

@@ -32,7 +32,8 @@ from mnistops.config import Settings
 from mnistops.errors import AlreadyLabelledError
 from mnistops.features import FEATURE_NAMES, image_features
 from mnistops.monitor import metrics
-from mnistops.monitor.drift import DriftDetector, DriftReport
+from mnistops.monitor.drift import DriftCalibration, DriftDetector, DriftReport
+from mnistops.monitor.drift import calibrate as calibrate_drift
 from mnistops.monitor.feedback import Feedback
 from mnistops.monitor.messages import (
     FEEDBACK_LABELLED,
@@ -96,8 +97,9 @@ class MonitorCore:
         self.log = PredictionLog(settings.prediction_log, settings.prediction_log_queue)
         self.feedback = Feedback(FeedbackStore(settings.prediction_log))
         self._last_check = 0.0
+        self._alarms_counted = 0
         self.drift = DriftDetector(
-            reference, settings.drift_window, settings.drift_check_every, settings.drift_alpha
+            reference, _drift_calibration(reference), settings.drift_ert, settings.drift_check_every
         )
         self._tried: set[int] = set()
         """Feedback answered "not known yet" once (its ``seq``)."""
@@ -159,7 +161,8 @@ class MonitorCore:
         calibration: Calibration | None = None,
     ) -> None:
         """A new version is served: new reference profile, fresh drift window."""
-        self.drift.reset(reference)
+        self.drift.reset(reference, _drift_calibration(reference))
+        self._alarms_counted = 0
         self.calibration = calibration
         self._right.clear()
         self._confident = self._in_window = 0
@@ -174,6 +177,7 @@ class MonitorCore:
         self._digits = [metrics.PREDICTIONS.labels(name, version, str(d)) for d in range(10)]
         metrics.DRIFT_DETECTED.clear()
         metrics.DRIFT_DETECTED.labels(name, version).set(0)
+        metrics.DRIFT_ALARMS.labels(name, version)  # exported as 0 before the first
         metrics.ESTIMATED_ACCURACY.clear()
 
     def ingest(self, batch: Predictions) -> None:
@@ -220,7 +224,7 @@ class MonitorCore:
 
     def _maybe_check(self, features: np.ndarray, probabilities: np.ndarray) -> None:
         rested = time.monotonic() - self._last_check >= self.settings.drift_min_interval_s
-        report = self.drift.update(features, probabilities, allow_check=rested)
+        report = self.drift.update(features, probabilities, allow_report=rested)
         metrics.DRIFT_WINDOW.set(self.drift.in_window)
         if report is not None:
             self._last_check = time.monotonic()
@@ -229,9 +233,12 @@ class MonitorCore:
     def _export(self, report: DriftReport) -> None:
         metrics.DRIFT_DETECTED.labels(*self._model).set(1 if report.drift else 0)
         metrics.DRIFT_CHECKS.labels("drift" if report.drift else "ok").inc()
+        metrics.DRIFT_THRESHOLD.set(report.threshold)
+        metrics.DRIFT_ALARMS.labels(*self._model).inc(self.drift.alarms - self._alarms_counted)
+        self._alarms_counted = self.drift.alarms
         for name, result in report.tests.items():
-            metrics.DRIFT_PVALUE.labels(name).set(result.pvalue)
-            metrics.DRIFT_STATISTIC.labels(name).set(result.statistic)
+            metrics.DRIFT_SCORE.labels(name).set(result.score)
+            metrics.DRIFT_EFFECT.labels(name).set(result.effect)
 
     def _log_rows(
         self,
@@ -276,13 +283,23 @@ class MonitorCore:
             "model_name": self._model[0],
             "model_version": self._model[1],
             "window_size": self.drift.window,
+            "windows": list(self.drift.windows),
             "observed": self.drift.in_window,  # the API's name, kept for its clients
-            "check_every": self.drift.check_every,
-            "alpha": self.drift.alpha,
+            "check_every": self.drift.report_every,
+            "ert": self.drift.ert,
+            "alarms": self.drift.alarms,
             "estimated_accuracy": self.estimated_accuracy(),
             "checked": last is not None,
             **(last.as_dict() if last is not None else {"drift": False, "tests": {}}),
         }
+
+
+def _drift_calibration(reference: ReferenceProfile) -> DriftCalibration:
+    """The version's stored drift calibration (calibrated now for an older version)."""
+    if reference.drift is not None:
+        return reference.drift
+    log.warning("this version's reference has no drift calibration: calibrating it now")
+    return calibrate_drift(reference)
 
 
 def run_monitor_process(
@@ -317,8 +334,6 @@ def _yield_to_serving() -> None:
     # Ctrl-C reaches the whole process group: the server decides when this process stops
     # (its Stop message, or the end of the pipe), so the prediction log gets flushed
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import scipy.stats  # noqa: F401 - the drift tests' import, paid once at start
-
     with contextlib.suppress(OSError):
         os.nice(MONITOR_NICE)  # on a saturated machine, answering requests comes first
 

@@ -21,15 +21,15 @@ import numpy as np
 import sqlalchemy as sa
 
 from mnistops.bundle import ModelBundle, ReferenceProfile
+from mnistops.config import Settings
 from mnistops.errors import MnistopsError, first_line, redacted
 from mnistops.features import FEATURE_NAMES, NUM_CLASSES
 from mnistops.monitor.drift import DriftDetector, DriftReport
 from mnistops.monitor.predlog import feedback, make_engine, predictions
 
 WINDOW = 500
-ALPHA = 0.001
 MIN_PLOTTED_WINDOW = 50
-"""A window with fewer predictions is left off the p-value plot."""
+"""A window with fewer predictions is left off the score plot."""
 NO_LABEL = -1
 
 
@@ -133,11 +133,11 @@ def _feature_figure(log: LoggedPredictions, reference: ReferenceProfile) -> str:
     return _png(fig)
 
 
-def _pvalue_figure(log: LoggedPredictions, reference: ReferenceProfile) -> str | None:
-    """Each test's p-value over half-overlapping windows (None: too few predictions)."""
+def _score_figure(log: LoggedPredictions, bundle: ModelBundle) -> str | None:
+    """Each test's score over half-overlapping windows (None: too few predictions)."""
     import matplotlib.pyplot as plt
 
-    detector = DriftDetector(reference, WINDOW, WINDOW, ALPHA)
+    detector = _detector(bundle)
     starts = range(0, max(1, len(log) - WINDOW + 1), max(1, WINDOW // 2))
     reports = [
         detector.check(log.features[s : s + WINDOW], log.probabilities[s : s + WINDOW])
@@ -148,11 +148,17 @@ def _pvalue_figure(log: LoggedPredictions, reference: ReferenceProfile) -> str |
         return None
     fig, ax = plt.subplots(figsize=(10, 3.5))
     for name in reports[0].tests:
-        ax.plot([max(r.tests[name].pvalue, 1e-300) for r in reports], label=name, lw=1)
+        ax.plot([r.tests[name].score for r in reports], label=name, lw=1)
     ax.axhline(reports[0].threshold, color="red", ls="--", label="drift threshold")
-    ax.set(yscale="log", xlabel=f"window (of {WINDOW}, half overlapping)", ylabel="p-value")
+    ax.set(xlabel=f"window (of {WINDOW}, half overlapping)", ylabel="score")
     ax.legend(fontsize=6, ncol=4)
     return _png(fig)
+
+
+def _detector(bundle: ModelBundle) -> DriftDetector:
+    """The served version's detector, at the default expected run time."""
+    reference, calibration = bundle.drift_reference()
+    return DriftDetector(reference, calibration, Settings.model_fields["drift_ert"].default)
 
 
 def _prediction_figure(log: LoggedPredictions, reference: ReferenceProfile) -> str:
@@ -182,9 +188,9 @@ def _figures(log: LoggedPredictions, bundle: ModelBundle) -> dict[str, str]:
     matplotlib.use("Agg")
     reference = bundle.reference()
     out = {"Input statistics: production against reference": _feature_figure(log, reference)}
-    pvalues = _pvalue_figure(log, reference)
-    if pvalues is not None:
-        out["p-values over time"] = pvalues
+    scores = _score_figure(log, bundle)
+    if scores is not None:
+        out["Drift scores over time"] = scores
     out["Predictions and confidence"] = _prediction_figure(log, reference)
     return out
 
@@ -205,7 +211,7 @@ def _html(
     figures: dict[str, str],
 ) -> str:
     rows = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{r.statistic:.4f}</td><td>{r.pvalue:.3g}</td></tr>"
+        f"<tr><td>{html.escape(n)}</td><td>{r.score:.2f}</td><td>{r.effect:.3f}</td></tr>"
         for n, r in last.tests.items()
     )
     sections = "".join(
@@ -221,8 +227,8 @@ max-width:1200px}} img{{max-width:100%}} td,th{{padding:.2rem .8rem;text-align:l
 to {html.escape(str(log.ts[-1]))}; model versions {html.escape(", ".join(log.versions))};
 reference: version {html.escape(bundle.version)}.</p>
 <p><b>Drift over the last {min(len(log), WINDOW)} predictions: {"YES" if last.drift else "no"}</b>
-(threshold {last.threshold:.2g}). Live accuracy: {accuracy_text}.</p>
-<table><tr><th>test</th><th>statistic</th><th>p-value</th></tr>{rows}</table>
+(a test fires above a score of {last.threshold:.2f}). Live accuracy: {accuracy_text}.</p>
+<table><tr><th>test</th><th>score</th><th>effect</th></tr>{rows}</table>
 {sections}</body></html>"""
 
 
@@ -242,13 +248,15 @@ def build_report(
         )
     accuracy = _accuracy(log)
     labelled = int((log.true_labels != NO_LABEL).sum())
-    detector = DriftDetector(bundle.reference(), WINDOW, WINDOW, ALPHA)
-    last = detector.check(log.features[-WINDOW:], log.probabilities[-WINDOW:])
+    last = _detector(bundle).check(log.features[-WINDOW:], log.probabilities[-WINDOW:])
     accuracy_text = (
         "no feedback yet" if accuracy is None else f"{accuracy:.3f} over {labelled} labels"
     )
-    estimated = bundle.calibration().estimate_accuracy(
-        log.probabilities[-WINDOW:], log.features[-WINDOW:]
+    calibration = bundle.calibration()
+    estimated = (
+        None
+        if calibration is None
+        else calibration.estimate_accuracy(log.probabilities[-WINDOW:], log.features[-WINDOW:])
     )
     accuracy_text += (
         f". Estimated accuracy without labels (ATC) over the last "

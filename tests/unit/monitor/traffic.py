@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import numpy as np
 
 from mnistops.bundle import ReferenceProfile
 from mnistops.features import FEATURE_NAMES, IMAGE_PIXELS, NUM_CLASSES, image_features
+from mnistops.monitor.drift import calibrate
 from mnistops.monitor.messages import Predictions
 
+QUICK_STREAMS, QUICK_LENGTH = 60, 5_000
 CONFIDENT_LOGIT = 6.0
 """Added to the true class's logit: the fake model is right and fairly sure."""
 
@@ -26,11 +31,15 @@ def probabilities(rng: np.random.Generator, n: int) -> np.ndarray:
     return softmax.astype(np.float32)
 
 
+@functools.cache
 def profile(seed: int = 0, n: int = 400) -> ReferenceProfile:
-    """A reference profile of ``n`` images from the same generator as :func:`traffic`."""
+    """A reference profile of ``n`` images from the same generator as :func:`traffic`,
+    with a quick drift calibration (fewer and shorter streams than training's)."""
     rng = np.random.default_rng(seed)
     pixels, probs = images(rng, n), probabilities(rng, n)
-    return ReferenceProfile(FEATURE_NAMES, image_features(pixels), probs, probs.argmax(axis=1))
+    reference = ReferenceProfile(FEATURE_NAMES, image_features(pixels), probs, probs.argmax(axis=1))
+    drift = calibrate(reference, streams=QUICK_STREAMS, length=QUICK_LENGTH, seed=seed)
+    return dataclasses.replace(reference, drift=drift)
 
 
 def traffic(

@@ -114,7 +114,11 @@ class Settings(BaseSettings):
     prediction_log_url: str | None = None
     """SQLAlchemy URL of the prediction log; default SQLite under `home`."""
     prediction_log_images: bool = True
-    """Store the 28x28 input with each logged prediction."""
+    """Store the 28x28 input (784 bytes) with logged predictions."""
+    prediction_log_image_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of logged predictions whose image is stored, picked at random (retraining
+    learns from the feedback-labelled ones that have their image: a lower rate costs the
+    log less and leaves fewer of them)."""
     prediction_log_queue: int = 10_000
     """Bounded queue between requests and the log writer; overflow is dropped and counted."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC
 from pathlib import Path
 
 import psycopg
@@ -90,3 +91,45 @@ def test_store_outage_loses_no_prediction_and_writing_resumes(
             200,
             404,
         )
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_bulk_rows_read_back_as_sqlalchemy_wrote_them(
+    store: str, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Rows go in through the driver (executemany, COPY); SQLAlchemy reads them back with
+    their types: an aware or naive UTC time stamp, decoded JSON, the image's bytes."""
+    import sqlalchemy as sa
+
+    from mnistops.monitor.predlog import (
+        LOG_COLUMNS,
+        make_engine,
+        meta,
+        now,
+        predictions,
+        write_rows,
+    )
+
+    url = (
+        postgres.create_database("bulk_rows")
+        if store == "postgresql"
+        else f"sqlite:///{tmp_path / 'log.db'}"
+    )
+    engine = make_engine(url)
+    meta.create_all(engine)
+    stamp = now()
+    rows = [
+        (stamp, "r-1", "3", 7, 0.9, 1.5, "[0.1,0.9]", '{"pixel_mean":0.2}', bytes(range(5))),
+        (stamp, "r-2", "3", 1, 0.5, 2.0, "[0.5,0.5]", '{"pixel_mean":0.1}', None),
+    ]
+    assert len(rows[0]) == len(LOG_COLUMNS)
+    write_rows(engine, rows)
+    with engine.connect() as db:
+        got = db.execute(sa.select(predictions).order_by(predictions.c.id)).all()
+    engine.dispose()
+    assert [r.request_id for r in got] == ["r-1", "r-2"]
+    assert got[0].probabilities == [0.1, 0.9] and got[0].features == {"pixel_mean": 0.2}
+    assert got[0].image == bytes(range(5)) and got[1].image is None
+    assert got[0].label == 7 and got[1].latency_ms == 2.0
+    read = got[0].ts  # SQLite keeps the UTC clock without its zone
+    assert (read if read.tzinfo else read.replace(tzinfo=UTC)) == stamp

@@ -1,5 +1,8 @@
 """The prediction log: rows written off the request path, in batches, through a bounded
-queue, by SQLAlchemy (SQLite by default, PostgreSQL by URL).
+queue (SQLite by default, PostgreSQL by URL). SQLAlchemy owns the engine, the schema and
+every read; the rows themselves go in bulk through the driver (SQLite's executemany,
+PostgreSQL's COPY), their JSON already encoded, which costs about a third of what
+SQLAlchemy's per-row processing does.
 
 When the store is down or slow, the service is unaffected: rows that cannot be queued
 or written are dropped and counted (``mnistops_prediction_log_rows_dropped_total``),
@@ -45,6 +48,21 @@ predictions = sa.Table(
     sa.Column("features", sa.JSON, nullable=False),
     sa.Column("image", sa.LargeBinary, nullable=True),
 )
+LOG_COLUMNS = (
+    "ts",
+    "request_id",
+    "model_version",
+    "label",
+    "confidence",
+    "latency_ms",
+    "probabilities",
+    "features",
+    "image",
+)
+"""The columns of a row handed to :meth:`PredictionLog.put_many`, in order (``ts`` a
+datetime, ``probabilities`` and ``features`` JSON text, ``image`` bytes or None)."""
+LogRow = tuple[Any, ...]
+
 feedback = sa.Table(
     "feedback",
     meta,
@@ -156,7 +174,7 @@ class PredictionLog(_Store):
     def __init__(self, url: str, max_queue: int) -> None:
         super().__init__(url)
         self.max_queue = max_queue
-        self._rows: collections.deque[dict[str, Any]] = collections.deque()
+        self._rows: collections.deque[LogRow] = collections.deque()
         self._ready = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -177,7 +195,7 @@ class PredictionLog(_Store):
                 log.warning("prediction log not flushed within %s s at shutdown", timeout)
         self.close()
 
-    def put_many(self, rows: Sequence[dict[str, Any]]) -> None:
+    def put_many(self, rows: Sequence[LogRow]) -> None:
         """Queue rows; never blocks (rows beyond the queue's room are dropped and counted)."""
         with self._ready:
             room = max(0, self.max_queue - len(self._rows))
@@ -186,7 +204,7 @@ class PredictionLog(_Store):
         if len(rows) > room:
             metrics.LOG_DROPPED.labels("queue_full").inc(len(rows) - room)
 
-    def _take_batch(self) -> tuple[list[dict[str, Any]], bool]:
+    def _take_batch(self) -> tuple[list[LogRow], bool]:
         """Up to WRITE_BATCH rows, waiting at most FLUSH_SECONDS for them to accumulate;
         and whether the log is stopping (then everything left is taken)."""
         deadline = time.monotonic() + FLUSH_SECONDS
@@ -208,8 +226,7 @@ class PredictionLog(_Store):
             metrics.LOG_QUEUE.set(len(self._rows))
             if rows:
                 try:
-                    with self._ready_engine().begin() as db:
-                        db.execute(predictions.insert(), rows)
+                    write_rows(self._ready_engine(), rows)
                     metrics.LOG_WRITTEN.inc(len(rows))
                     failures = 0
                 except sa.exc.SQLAlchemyError as exc:
@@ -224,3 +241,28 @@ class PredictionLog(_Store):
                     failures += 1
             if stopping:
                 return
+
+
+def write_rows(engine: sa.Engine, rows: Sequence[LogRow]) -> None:
+    """Insert rows (in :data:`LOG_COLUMNS` order) in one transaction, in bulk through the
+    driver: COPY on PostgreSQL, executemany elsewhere (the time stamps converted as
+    SQLAlchemy would store them)."""
+    columns = ", ".join(LOG_COLUMNS)
+    with engine.begin() as db:
+        if engine.dialect.name == "postgresql":
+            raw: Any = db.connection.driver_connection
+            with (
+                raw.cursor() as cursor,
+                cursor.copy(f"COPY {predictions.name} ({columns}) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    copy.write_row(row)
+            return
+        stamp = predictions.c.ts.type.bind_processor(engine.dialect)
+        if stamp is not None:
+            converted: dict[int, Any] = {}  # a batch shares one time stamp: convert it once
+            rows = [(converted.setdefault(id(row[0]), stamp(row[0])), *row[1:]) for row in rows]
+        marks = ", ".join(
+            "?" if engine.dialect.paramstyle == "qmark" else "%s" for _ in LOG_COLUMNS
+        )
+        db.exec_driver_sql(f"INSERT INTO {predictions.name} ({columns}) VALUES ({marks})", rows)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
 from mnistops.bundle import ReferenceProfile, load_bundle
@@ -49,7 +51,7 @@ from mnistops.monitor.messages import (
     SwitchModel,
     ToMonitor,
 )
-from mnistops.monitor.predlog import FeedbackStore, PredictionLog, now
+from mnistops.monitor.predlog import FeedbackStore, LogRow, PredictionLog, now
 
 log = logging.getLogger("mnistops.monitor")
 
@@ -98,6 +100,8 @@ class MonitorCore:
         self.feedback = Feedback(FeedbackStore(settings.prediction_log))
         self._last_check = 0.0
         self._alarms_counted = 0
+        self._sampler = np.random.default_rng()
+        """Picks the images kept in the log, at ``prediction_log_image_rate``."""
         self.drift = DriftDetector(
             reference, _drift_calibration(reference), settings.drift_ert, settings.drift_check_every
         )
@@ -246,35 +250,36 @@ class MonitorCore:
         features: np.ndarray,
         labels: np.ndarray,
         confidence: np.ndarray,
-    ) -> list[dict[str, Any]]:
-        """The prediction log's rows for a batch (column name to value)."""
+    ) -> list[LogRow]:
+        """The prediction log's rows for a batch (in ``LOG_COLUMNS`` order), their JSON
+        encoded here, each image kept with probability ``prediction_log_image_rate``."""
+        n = len(batch)
         stamp = now()
-        images = None
-        if self.settings.prediction_log_images:
-            images = np.round(batch.pixels * PIXEL_LEVELS).astype(np.uint8)
-        rounded = np.round(batch.probabilities, LOGGED_DECIMALS)  # the log's JSON takes numpy rows
-        return [
-            {
-                "ts": stamp,
-                "request_id": rid,
-                "model_version": batch.model_versions[i],
-                "label": label,
-                "confidence": conf,
-                "latency_ms": batch.latencies_s[i] * 1000.0,
-                "probabilities": rounded[i],
-                "features": dict(zip(FEATURE_NAMES, feats, strict=True)),
-                "image": images[i].tobytes() if images is not None else None,
-            }
-            for i, (rid, label, conf, feats) in enumerate(
-                zip(
-                    batch.request_ids,
-                    labels.tolist(),
-                    confidence.tolist(),
-                    features.tolist(),
-                    strict=True,
-                )
+        images: list[bytes | None] = [None] * n
+        rate = self.settings.prediction_log_image_rate if self.settings.prediction_log_images else 0
+        kept = np.flatnonzero(self._sampler.random(n) < rate) if rate < 1 else np.arange(n)
+        if len(kept):
+            quantised = np.round(batch.pixels[kept] * PIXEL_LEVELS).astype(np.uint8)
+            for index, image in zip(kept.tolist(), quantised, strict=True):
+                images[index] = image.tobytes()
+        rounded = np.round(batch.probabilities, LOGGED_DECIMALS).astype(np.float64)
+        probabilities = [_json(row) for row in rounded]
+        names = FEATURE_NAMES
+        feature_json = [_json(dict(zip(names, row, strict=True))) for row in features.tolist()]
+        return list(
+            zip(
+                itertools.repeat(stamp, n),
+                batch.request_ids,
+                batch.model_versions,
+                labels.tolist(),
+                confidence.tolist(),
+                (latency * 1000.0 for latency in batch.latencies_s),
+                probabilities,
+                feature_json,
+                images,
+                strict=False,
             )
-        ]
+        )
 
     def drift_status(self) -> dict[str, Any]:
         """The answer of GET /monitoring/drift: the window and the last check's verdict."""
@@ -292,6 +297,10 @@ class MonitorCore:
             "checked": last is not None,
             **(last.as_dict() if last is not None else {"drift": False, "tests": {}}),
         }
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def _drift_calibration(reference: ReferenceProfile) -> DriftCalibration:

@@ -101,6 +101,27 @@ def test_each_prediction_becomes_one_row_of_the_log(settings: Settings) -> None:
     assert rows[0].latency_ms == pytest.approx(2.0)
     assert rows[0].model_version == "1" and len(rows[0].image) == 784
     assert set(rows[0].features) == set(FEATURE_NAMES)
+    pixels = np.round(batch.pixels[0] * 255).astype(np.uint8)
+    assert rows[0].image == pixels.tobytes()
+    assert rows[0].probabilities == pytest.approx(batch.probabilities[0].tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize(("rate", "low", "high"), [(0.0, 0, 0), (0.25, 30, 70), (1.0, 200, 200)])
+def test_images_are_kept_at_the_configured_rate(
+    tmp_path: Path, rate: float, low: int, high: int
+) -> None:
+    settings = Settings(home=tmp_path, prediction_log_image_rate=rate)
+    core = MonitorCore(settings, "tiny-rate", "1", profile())
+    core.log.start()
+    core.handle(traffic(4, 200, prefix="rate"))
+    core.log.stop()
+    engine = sa.create_engine(settings.prediction_log)
+    with engine.connect() as db:
+        rows = db.execute(sa.select(predictions.c.image)).all()
+    engine.dispose()
+    assert len(rows) == 200  # every prediction is logged, with or without its image
+    kept = sum(r.image is not None for r in rows)
+    assert low <= kept <= high, kept
 
 
 def test_a_bad_batch_is_logged_and_monitoring_goes_on(

@@ -234,12 +234,21 @@ def _download_version(settings: Settings, name: str, version: str, target: Path)
 
 
 def export_bundle(uri_or_path: str, settings: Settings, out: Path) -> ModelBundle:
-    """Write a servable folder (model.onnx, reference.npz, metadata.json) to ``out``."""
+    """Write a servable folder (model.onnx, reference.npz, metadata.json) to ``out``; a
+    version registered before drift thresholds were stored gets its calibration here, so
+    that the folder's server does not calibrate at every start."""
+    import dataclasses
+
     bundle = resolve(uri_or_path, settings)
     out.mkdir(parents=True, exist_ok=True)
     for file in BUNDLE_FILES:
         shutil.copy2(bundle.path / file, out / file)
-    return load_bundle(out)
+    exported = load_bundle(out)
+    reference = exported.reference()
+    if reference.drift is None:
+        _, calibration = exported.drift_reference()
+        dataclasses.replace(reference, drift=calibration).save(exported.reference_path)
+    return exported
 
 
 def list_versions(settings: Settings) -> list[str]:

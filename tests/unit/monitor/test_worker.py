@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,16 +87,22 @@ def test_no_check_before_the_window_holds_enough_predictions(settings: Settings)
     assert drift["checked"] is False and drift["drift"] is False and drift["observed"] == 50
 
 
-def test_each_prediction_becomes_one_row_of_the_log(settings: Settings) -> None:
+def _logged(settings: Settings, batch: Predictions) -> list[sa.Row[Any]]:
+    """The rows a monitor core writes to its log for ``batch``, in order."""
     core = MonitorCore(settings, "tiny-log", "1", profile())
     core.log.start()
-    batch = traffic(3, 5, prefix="log")
     core.handle(batch)
     core.log.stop()
     engine = sa.create_engine(settings.prediction_log)
     with engine.connect() as db:
-        rows = db.execute(sa.select(predictions).order_by(predictions.c.id)).all()
+        rows = list(db.execute(sa.select(predictions).order_by(predictions.c.id)).all())
     engine.dispose()
+    return rows
+
+
+def test_each_prediction_becomes_one_row_of_the_log(settings: Settings) -> None:
+    batch = traffic(3, 5, prefix="log")
+    rows = _logged(settings, batch)
     assert [r.request_id for r in rows] == list(batch.request_ids)
     assert [r.label for r in rows] == batch.probabilities.argmax(axis=1).tolist()
     assert rows[0].latency_ms == pytest.approx(2.0)
@@ -111,14 +118,7 @@ def test_images_are_kept_at_the_configured_rate(
     tmp_path: Path, rate: float, low: int, high: int
 ) -> None:
     settings = Settings(home=tmp_path, prediction_log_image_rate=rate)
-    core = MonitorCore(settings, "tiny-rate", "1", profile())
-    core.log.start()
-    core.handle(traffic(4, 200, prefix="rate"))
-    core.log.stop()
-    engine = sa.create_engine(settings.prediction_log)
-    with engine.connect() as db:
-        rows = db.execute(sa.select(predictions.c.image)).all()
-    engine.dispose()
+    rows = _logged(settings, traffic(4, 200, prefix="rate"))
     assert len(rows) == 200  # every prediction is logged, with or without its image
     kept = sum(r.image is not None for r in rows)
     assert low <= kept <= high, kept
@@ -178,14 +178,7 @@ def test_the_loop_ends_when_the_serving_process_is_gone(settings: Settings) -> N
 
 def test_the_log_of_a_home_folder_not_made_yet_gets_its_rows(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "not" / "made")
-    core = MonitorCore(settings, "tiny-new-home", "1", profile())
-    core.log.start()
-    core.handle(traffic(4, 3, prefix="home"))
-    core.log.stop()
-    engine = sa.create_engine(settings.prediction_log)
-    with engine.connect() as db:
-        assert db.execute(sa.select(sa.func.count()).select_from(predictions)).scalar() == 3
-    engine.dispose()
+    assert len(_logged(settings, traffic(4, 3, prefix="home"))) == 3
 
 
 def test_feedback_on_a_prediction_counts_and_an_unknown_id_is_refused(

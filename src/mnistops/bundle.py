@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnistops.errors import MnistopsError
+
+log = logging.getLogger("mnistops")
 
 ONNX_FILE = "model.onnx"
 REFERENCE_FILE = "reference.npz"
@@ -74,6 +77,16 @@ class ReferenceProfile:
             **drift,
         )
 
+    def drift_calibration(self) -> DriftCalibration:
+        """The stored drift calibration (calibrated now, which takes a few seconds, for a
+        version registered before it was stored)."""
+        from mnistops.monitor.drift import calibrate as calibrate_drift
+
+        if self.drift is not None:
+            return self.drift
+        log.warning("this version's reference has no drift calibration: calibrating it now")
+        return calibrate_drift(self)
+
     @classmethod
     def load(cls, path: Path) -> ReferenceProfile:
         """Read a profile written by :meth:`save`.
@@ -88,7 +101,7 @@ class ReferenceProfile:
                     features=data["features"],
                     probabilities=data["probabilities"],
                     labels=data["labels"],
-                    drift=_drift_calibration(data),
+                    drift=_stored_drift_calibration(data),
                 )
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise BundleError(
@@ -97,7 +110,7 @@ class ReferenceProfile:
             ) from exc
 
 
-def _drift_calibration(data: Any) -> DriftCalibration | None:
+def _stored_drift_calibration(data: Any) -> DriftCalibration | None:
     """The stored drift calibration of an opened profile (None when it has none)."""
     from mnistops.monitor.drift import DriftCalibration
 
@@ -134,12 +147,9 @@ class ModelBundle:
         return ReferenceProfile.load(self.reference_path)
 
     def drift_reference(self) -> tuple[ReferenceProfile, DriftCalibration]:
-        """The reference profile and its drift calibration (calibrated now, which takes a
-        few seconds, for a version registered before it was stored)."""
-        from mnistops.monitor.drift import calibrate as calibrate_drift
-
+        """The reference profile and its drift calibration."""
         reference = self.reference()
-        return reference, reference.drift or calibrate_drift(reference)
+        return reference, reference.drift_calibration()
 
     def calibration(self) -> Calibration | None:
         """The temperature and ATC threshold stored with this version (fitted now, from

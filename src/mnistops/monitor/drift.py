@@ -222,7 +222,6 @@ class DriftDetector:
         with self._lock:
             self.reference = reference
             self.calibration = calibration
-            self.windows = calibration.windows
             self.threshold = calibration.threshold(self.ert)
             self._scorer = _Scorer(
                 reference.feature_names,
@@ -239,6 +238,11 @@ class DriftDetector:
             self.alarms = 0
             """Alarms raised: each run of positions scoring above the threshold counts once."""
             self.last: DriftReport | None = None
+
+    @property
+    def windows(self) -> tuple[int, ...]:
+        """The sliding windows, shortest first (the calibration's)."""
+        return self.calibration.windows
 
     @property
     def window(self) -> int:

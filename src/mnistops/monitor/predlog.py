@@ -73,14 +73,15 @@ feedback = sa.Table(
 )
 
 
-def _json_dumps(value: Any) -> str:
+def json_text(value: Any) -> str:
+    """``value`` as JSON text (numpy arrays and scalars too), as the log stores it."""
     # orjson: several times faster than the json module, and takes numpy rows as they are
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def make_engine(url: str) -> sa.Engine:
     """An engine that survives a restarted server (pre-ping) and never hangs for long."""
-    json_codec = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+    json_codec = {"json_serializer": json_text, "json_deserializer": orjson.loads}
     if url.startswith("sqlite"):
         database = sa.make_url(url).database
         if database and database != ":memory:":  # a home folder not made yet
@@ -260,9 +261,11 @@ def write_rows(engine: sa.Engine, rows: Sequence[LogRow]) -> None:
             return
         stamp = predictions.c.ts.type.bind_processor(engine.dialect)
         if stamp is not None:
-            converted: dict[int, Any] = {}  # a batch shares one time stamp: convert it once
-            rows = [(converted.setdefault(id(row[0]), stamp(row[0])), *row[1:]) for row in rows]
-        marks = ", ".join(
-            "?" if engine.dialect.paramstyle == "qmark" else "%s" for _ in LOG_COLUMNS
-        )
+            converted: dict[Any, Any] = {}  # a batch shares one time stamp: convert it once
+            for row in rows:
+                if row[0] not in converted:
+                    converted[row[0]] = stamp(row[0])
+            rows = [(converted[row[0]], *row[1:]) for row in rows]
+        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        marks = ", ".join(mark for _ in LOG_COLUMNS)
         db.exec_driver_sql(f"INSERT INTO {predictions.name} ({columns}) VALUES ({marks})", rows)

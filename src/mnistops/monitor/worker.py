@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
 from mnistops.bundle import ReferenceProfile, load_bundle
@@ -34,8 +33,7 @@ from mnistops.config import Settings
 from mnistops.errors import AlreadyLabelledError
 from mnistops.features import FEATURE_NAMES, image_features
 from mnistops.monitor import metrics
-from mnistops.monitor.drift import DriftCalibration, DriftDetector, DriftReport
-from mnistops.monitor.drift import calibrate as calibrate_drift
+from mnistops.monitor.drift import DriftDetector, DriftReport
 from mnistops.monitor.feedback import Feedback
 from mnistops.monitor.messages import (
     FEEDBACK_LABELLED,
@@ -51,7 +49,7 @@ from mnistops.monitor.messages import (
     SwitchModel,
     ToMonitor,
 )
-from mnistops.monitor.predlog import FeedbackStore, LogRow, PredictionLog, now
+from mnistops.monitor.predlog import FeedbackStore, LogRow, PredictionLog, json_text, now
 
 log = logging.getLogger("mnistops.monitor")
 
@@ -103,7 +101,7 @@ class MonitorCore:
         self._sampler = np.random.default_rng()
         """Picks the images kept in the log, at ``prediction_log_image_rate``."""
         self.drift = DriftDetector(
-            reference, _drift_calibration(reference), settings.drift_ert, settings.drift_check_every
+            reference, reference.drift_calibration(), settings.drift_ert, settings.drift_check_every
         )
         self._tried: set[int] = set()
         """Feedback answered "not known yet" once (its ``seq``)."""
@@ -165,7 +163,7 @@ class MonitorCore:
         calibration: Calibration | None = None,
     ) -> None:
         """A new version is served: new reference profile, fresh drift window."""
-        self.drift.reset(reference, _drift_calibration(reference))
+        self.drift.reset(reference, reference.drift_calibration())
         self._alarms_counted = 0
         self.calibration = calibration
         self._right.clear()
@@ -262,10 +260,10 @@ class MonitorCore:
             quantised = np.round(batch.pixels[kept] * PIXEL_LEVELS).astype(np.uint8)
             for index, image in zip(kept.tolist(), quantised, strict=True):
                 images[index] = image.tobytes()
-        rounded = np.round(batch.probabilities, LOGGED_DECIMALS).astype(np.float64)
-        probabilities = [_json(row) for row in rounded]
+        rounded = np.round(batch.probabilities, LOGGED_DECIMALS)  # float32: short JSON
+        probabilities = [json_text(row) for row in rounded]
         names = FEATURE_NAMES
-        feature_json = [_json(dict(zip(names, row, strict=True))) for row in features.tolist()]
+        feature_json = [json_text(dict(zip(names, row, strict=True))) for row in features.tolist()]
         return list(
             zip(
                 itertools.repeat(stamp, n),
@@ -277,7 +275,7 @@ class MonitorCore:
                 probabilities,
                 feature_json,
                 images,
-                strict=False,
+                strict=True,
             )
         )
 
@@ -297,18 +295,6 @@ class MonitorCore:
             "checked": last is not None,
             **(last.as_dict() if last is not None else {"drift": False, "tests": {}}),
         }
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-
-
-def _drift_calibration(reference: ReferenceProfile) -> DriftCalibration:
-    """The version's stored drift calibration (calibrated now for an older version)."""
-    if reference.drift is not None:
-        return reference.drift
-    log.warning("this version's reference has no drift calibration: calibrating it now")
-    return calibrate_drift(reference)
 
 
 def run_monitor_process(

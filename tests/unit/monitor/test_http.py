@@ -59,26 +59,17 @@ def feedback(log_url: str) -> Iterator[Feedback]:
 
 
 def _call(
-    feedback: Feedback,
+    monitor: DriftAndFeedback | Feedback,
     method: str,
     path: str,
     body: object = None,
     settings: Settings | None = None,
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
-    """``method path`` on the routes around a small monitor with real ``feedback``."""
-    return _ask(SmallMonitor(feedback), method, path, body, settings, headers)
-
-
-def _ask(
-    monitor: DriftAndFeedback,
-    method: str,
-    path: str,
-    body: object = None,
-    settings: Settings | None = None,
-    headers: dict[str, str] | None = None,
-) -> httpx.Response:
-    """``method path`` on the monitoring routes around ``monitor``, in process."""
+    """``method path`` on the monitoring routes around ``monitor`` (a small monitor
+    around real feedback, given a ``Feedback``), in process."""
+    if isinstance(monitor, Feedback):
+        monitor = SmallMonitor(monitor)
     app = FastAPI()
     app.include_router(monitor_router(monitor, settings or Settings()))
 
@@ -154,7 +145,7 @@ class Untouchable:
 
 
 def _untouched(body: object, settings: Settings) -> httpx.Response:
-    return _ask(Untouchable(), "POST", "/feedback", body, settings)
+    return _call(Untouchable(), "POST", "/feedback", body, settings)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,8 @@ import numpy as np
 from mnistops.evaluate import expected_calibration_error
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+DIGIT_REJECTED = 0.004
+"""Share of held-out digits each "not a digit" test turns away (two tests: under 1 %)."""
 FEATURE_RANGE = (0.0005, 0.9995)
 """The quantiles of the held-out images' input statistics that span "like training"..."""
 FEATURE_MARGIN = 1.0
@@ -43,6 +45,14 @@ class Calibration:
     feature_low: tuple[float, ...] = ()
     """Per input statistic, the low end of the held-out range (empty: no gate)."""
     feature_high: tuple[float, ...] = ()
+    digit_mean: tuple[float, ...] = ()
+    """"Not a digit": the held-out images' mean input statistics ..."""
+    digit_precision: tuple[float, ...] = ()
+    """... the inverse of their covariance (row by row) ..."""
+    digit_distance: float = float("inf")
+    """... the squared Mahalanobis distance above which an image is not like them ..."""
+    digit_confidence: float = 0.0
+    """... and the confidence under which the model does not see a digit in it."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,7 +67,29 @@ class Calibration:
             heldout_accuracy=float(data["heldout_accuracy"]),
             feature_low=tuple(float(v) for v in data.get("feature_low", ())),
             feature_high=tuple(float(v) for v in data.get("feature_high", ())),
+            digit_mean=tuple(float(v) for v in data.get("digit_mean", ())),
+            digit_precision=tuple(float(v) for v in data.get("digit_precision", ())),
+            digit_distance=float(data.get("digit_distance", float("inf"))),
+            digit_confidence=float(data.get("digit_confidence", 0.0)),
         )
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of each row of input statistics to the held-out
+        images' (zeros when this calibration has none)."""
+        if not self.digit_mean:
+            return np.zeros(len(features))
+        centred = np.asarray(features, dtype=np.float64) - np.asarray(self.digit_mean)
+        size = len(self.digit_mean)
+        precision = np.asarray(self.digit_precision).reshape(size, size)
+        return np.einsum("ni,ij,nj->n", centred, precision, centred)
+
+    def is_digit(self, probabilities: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """Per image: confident enough, and its input statistics like the held-out digits'.
+
+        ``probabilities`` are the served (calibrated) ones, ``features`` from
+        :func:`mnistops.features.image_features` of the same pixels."""
+        confident = np.asarray(probabilities).max(axis=1) >= self.digit_confidence
+        return confident & (self.distance(features) <= self.digit_distance)
 
     def scale(self, probabilities: np.ndarray) -> np.ndarray:
         """``[N, 10]`` probabilities at this temperature."""
@@ -126,6 +158,9 @@ def calibrate(
         confidence = np.where(inside, confidence, -1.0)  # never above any threshold
     # the share of held-out images above the threshold is the held-out accuracy
     threshold = float(np.quantile(confidence, 1.0 - accuracy))
+    digit: dict[str, Any] = {}
+    if features is not None and len(features) > features.shape[1]:
+        digit = _digit_check(calibrated, features)
     return Calibration(
         temperature=temperature,
         atc_threshold=threshold,
@@ -134,4 +169,22 @@ def calibrate(
         heldout_accuracy=accuracy,
         feature_low=low,
         feature_high=high,
+        **digit,
     )
+
+
+def _digit_check(calibrated: np.ndarray, features: np.ndarray) -> dict[str, Any]:
+    """The "not a digit" thresholds: each turns away :data:`DIGIT_REJECTED` of the held-out
+    digits."""
+    values = np.asarray(features, dtype=np.float64)
+    mean = values.mean(axis=0)
+    covariance = np.cov(values, rowvar=False) + 1e-9 * np.eye(values.shape[1])
+    precision = np.linalg.inv(covariance)
+    centred = values - mean
+    distance = np.einsum("ni,ij,nj->n", centred, precision, centred)
+    return {
+        "digit_mean": tuple(float(v) for v in mean),
+        "digit_precision": tuple(float(v) for v in precision.ravel()),
+        "digit_distance": float(np.quantile(distance, 1.0 - DIGIT_REJECTED)),
+        "digit_confidence": float(np.quantile(calibrated.max(axis=1), DIGIT_REJECTED)),
+    }

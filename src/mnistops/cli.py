@@ -15,10 +15,12 @@ from typer.core import TyperGroup
 
 from mnistops.config import CHAMPION, DEFAULT_MODEL_URI, load_settings, shown_default
 from mnistops.errors import MnistopsError
-from mnistops.model import DEFAULT_EPOCHS, Architecture
+from mnistops.model import DEFAULT_EPOCHS, RECIPES, Architecture
 
 PACKAGE = "mnistops"
 RECIPE_EPOCHS = ", ".join(f"{name} {epochs}" for name, epochs in DEFAULT_EPOCHS.items())
+RECIPE_BATCHES = ", ".join(f"{name} {r.batch_size}" for name, r in RECIPES.items())
+RECIPE_RATES = ", ".join(f"{name} {r.learning_rate:g}" for name, r in RECIPES.items())
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -124,8 +126,14 @@ def train(
         int | None,
         typer.Option(min=1, help="Passes over the training data.", show_default=RECIPE_EPOCHS),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per gradient step.")] = 128,
-    learning_rate: Annotated[float, typer.Option(min=0.0, help="Adam's step size.")] = 1e-3,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Images per gradient step.", show_default=RECIPE_BATCHES),
+    ] = None,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Adam's (peak) step size.", show_default=RECIPE_RATES),
+    ] = None,
     validation_split: Annotated[
         float, typer.Option(min=0.0, max=0.9, help="Fraction of training data held out.")
     ] = 0.1,
@@ -149,9 +157,14 @@ def train(
     from mnistops.train import TrainParams
     from mnistops.train import train as run_training
 
-    epochs = epochs or DEFAULT_EPOCHS[model]
-    params = TrainParams(
-        model.value, epochs, batch_size, learning_rate, validation_split, seed, limit
+    params = TrainParams.for_recipe(
+        model.value,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        validation_split=validation_split,
+        seed=seed,
+        limit=limit,
     )
     result = run_training(load_settings(), params, experiment=experiment)
     typer.echo(
@@ -246,9 +259,11 @@ def run(
     ] = None,
 ) -> None:
     """The main job: fetch MNIST if absent, train the lab's model if there is no champion,
-    then serve the champion from a fresh process that never imported the training stack."""
+    then serve the champion from a fresh process that never imported the training stack,
+    while the fast recipe trains beside it as a challenger (MNISTOPS_CHALLENGER=false: not)."""
     from mnistops.data import fetch_mnist
-    from mnistops.registry import unset_alias
+    from mnistops.ops import challenger
+    from mnistops.registry import champion_accuracy, setup_mlflow, unset_alias
 
     settings = load_settings()
     fetch_mnist(settings)
@@ -258,6 +273,15 @@ def run(
             f"no {CHAMPION} yet: training the lab's model (mlp, {planned} epochs, batch 128)"
         )
         train(epochs=epochs, limit=limit)
+    if settings.model_uri == DEFAULT_MODEL_URI:
+        why_not = challenger.wanted(settings, champion_accuracy(settings, setup_mlflow(settings)))
+        if why_not is None:
+            child = challenger.start(settings)
+            typer.echo(
+                f"training the fast recipe as a challenger (pid {child.pid}, log "
+                f"{challenger.log_file(settings)}); the server swaps it in when the gate "
+                f"promotes it (it polls every {settings.reload_interval_s:g} s)"
+            )
     _become_server()
 
 

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     """Name of the registered model every run adds a version to."""
     accuracy_floor: float = Field(default=0.97, ge=0.0, le=1.0)
     """The quality gate: a version below this test accuracy never becomes champion."""
+    challenger: bool = True
+    """`mnistops run` trains the fast recipe beside a weaker champion it serves, and the
+    server hot-swaps it in once the gate promotes it."""
 
     # --- serving -----------------------------------------------------------
     model_uri: str = DEFAULT_MODEL_URI

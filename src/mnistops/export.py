@@ -171,6 +171,39 @@ def _pool_chain(
     return _PoolChain((unsq0, unsq1, node, after[0]), unsq0.input[0], after[0].output[0], pool)
 
 
+def with_temperature(onnx_path: Path, temperature: float) -> None:
+    """Rewrite ``onnx_path`` so that it answers ``softmax(log p / T)`` (temperature scaling,
+    :mod:`mnistops.calibration`) instead of ``p``: every client of the file, whatever its
+    protocol, then reads calibrated confidences. The predicted digit cannot change."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = _load(onnx_path)
+    graph = model.graph
+    (output,) = graph.output
+    raw = f"{output.name}_uncalibrated"
+    for node in graph.node:
+        node.output[:] = [raw if name == output.name else name for name in node.output]
+    graph.initializer.extend(
+        [
+            helper.make_tensor("calibration_floor", TensorProto.FLOAT, [], [1e-30]),
+            helper.make_tensor("calibration_temperature", TensorProto.FLOAT, [], [temperature]),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Max", [raw, "calibration_floor"], ["calibration_floored"]),
+            helper.make_node("Log", ["calibration_floored"], ["calibration_log"]),
+            helper.make_node(
+                "Div", ["calibration_log", "calibration_temperature"], ["calibration_logits"]
+            ),
+            helper.make_node("Softmax", ["calibration_logits"], [output.name], axis=-1),
+        ]
+    )
+    onnx.checker.check_model(model)
+    _save_single_file(model, onnx_path)
+
+
 def onnx_probabilities(onnx_path: Path, pixels: np.ndarray) -> np.ndarray:
     """Run an ONNX model on ``[N, 784]`` pixels with onnxruntime."""
     import onnxruntime as ort

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from mnistops.bundle import BundleError, ModelBundle
+from mnistops.calibration import Calibration
 from mnistops.errors import first_line
-from mnistops.features import IMAGE_PIXELS, NUM_CLASSES
+from mnistops.features import IMAGE_PIXELS, NUM_CLASSES, image_features
 
 
 class Predictor:
@@ -21,6 +22,10 @@ class Predictor:
         self._threads = intra_op_threads
         self._session: object | None = None
         self._input_name = ""
+        stored = bundle.metadata.get("calibration")
+        self._calibration: Calibration | None = None
+        if isinstance(stored, dict) and stored.get("digit_mean"):
+            self._calibration = Calibration.from_dict(stored)
 
     @property
     def name(self) -> str:
@@ -74,3 +79,12 @@ class Predictor:
         batch = np.ascontiguousarray(pixels, dtype=np.float32).reshape(-1, IMAGE_PIXELS)
         (probs,) = self._session.run(None, {self._input_name: batch})  # type: ignore[attr-defined]
         return np.asarray(probs, dtype=np.float32).reshape(-1, NUM_CLASSES)
+
+    def is_digit(self, pixels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """Per image, whether it looks like a digit at all (the version's "not a digit"
+        thresholds, fitted on held-out data at training time; True for a version that was
+        registered without them)."""
+        if self._calibration is None:
+            return np.ones(len(probs), dtype=bool)
+        features = image_features(np.asarray(pixels).reshape(-1, IMAGE_PIXELS))
+        return self._calibration.is_digit(probs, features)

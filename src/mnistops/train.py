@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -48,6 +49,48 @@ class TrainParams:
     validation_split: float = 0.1
     seed: int = 0
     limit: int | None = None
+
+    @classmethod
+    def for_recipe(cls, model: str = "mlp", **given: Any) -> TrainParams:
+        """The recipe's defaults (epochs, batch size, learning rate), with ``given`` fields
+        that are not None in their place."""
+        from mnistops.model import RECIPES
+
+        recipe = RECIPES[model]
+        defaults = {
+            "epochs": recipe.epochs,
+            "batch_size": recipe.batch_size,
+            "learning_rate": recipe.learning_rate,
+        }
+        chosen = {k: v for k, v in given.items() if v is not None}
+        return cls(model=model, **{**defaults, **chosen})
+
+    def check(self, fit_images: int) -> None:
+        """Refuse hyperparameters no run can use (before anything is logged).
+
+        Raises:
+            TrainError: an unknown recipe, no epochs, a batch larger than the data, a
+                step size that is not positive, or no images left to hold out or fit.
+        """
+        from mnistops.model import MODELS
+
+        if self.model not in MODELS:
+            raise TrainError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.epochs < 1:
+            raise TrainError(f"epochs must be at least 1, got {self.epochs}")
+        if not self.learning_rate > 0:
+            raise TrainError(f"the learning rate must be above 0, got {self.learning_rate:g}")
+        if not 0 < self.validation_split < 1:
+            raise TrainError(
+                f"the validation split must be between 0 and 1, got {self.validation_split:g}"
+            )
+        if fit_images < 1:
+            raise TrainError("no training images left after holding out the validation split")
+        if not 1 <= self.batch_size <= fit_images:
+            raise TrainError(
+                f"batch size {self.batch_size} is larger than the {fit_images} images "
+                "it would train on; give a smaller --batch-size or more data"
+            )
 
     def key(self, extra: str = "") -> str:
         """A short id of these params (and extra data), naming the checkpoint folder."""
@@ -117,9 +160,10 @@ def train(
 
     data = load_mnist(settings)
     splits = _split(data, params, extra_train)
+    params.check(len(splits.x_fit))
     checkpoint = settings.checkpoint_dir / params.key(splits.extra_key)
     progress = load_progress(checkpoint)
-    model = _open_model(params, checkpoint, progress, log)
+    model = _open_model(params, checkpoint, progress, len(splits.x_fit), log)
     experiment_id = ensure_experiment(settings, experiment or settings.experiment)
     run_id = progress.run_id if progress else None
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id) as run:
@@ -208,6 +252,7 @@ def _open_model(
     params: TrainParams,
     checkpoint: Path,
     progress: RunProgress | None,
+    fit_images: int,
     log: Callable[[str], None],
 ) -> Any:
     """The checkpointed model of an unfinished run, or a new one."""
@@ -222,7 +267,8 @@ def _open_model(
         return keras.saving.load_model(checkpoint / CHECKPOINT_FILE)
     from mnistops.model import build_model
 
-    return build_model(params.model, params.learning_rate)
+    steps = params.epochs * math.ceil(fit_images / params.batch_size)
+    return build_model(params.model, params.learning_rate, total_steps=steps)
 
 
 def _log_start(
@@ -249,18 +295,78 @@ def _fit(
     model: Any, params: TrainParams, splits: Splits, checkpoint: Path, progress: RunProgress
 ) -> None:
     """Fit from the last completed epoch, checkpointing and logging after each epoch."""
+    from mnistops.model import RECIPES, one_hot_labels
+
+    recipe = RECIPES[params.model]
     if progress.epoch >= params.epochs:
+        if recipe.weight_average:  # killed between the last epoch and registering
+            model.optimizer.finalize_variable_values(model.trainable_weights)
+            _mend_averages(model)
         return
+    y_fit, y_val = splits.y_fit, splits.y_val
+    if one_hot_labels(params.model):
+        y_fit, y_val = _one_hot(y_fit), _one_hot(y_val)
+    inputs: dict[str, Any] = {"x": splits.x_fit, "y": y_fit, "batch_size": params.batch_size}
+    if recipe.distort:
+        inputs = {"x": _distorted(splits.x_fit, y_fit, params, progress.epoch)}
     model.fit(
-        splits.x_fit,
-        splits.y_fit,
-        validation_data=(splits.x_val, splits.y_val),
+        **inputs,
+        validation_data=(splits.x_val, y_val),
         epochs=params.epochs,
         initial_epoch=progress.epoch,
-        batch_size=params.batch_size,
         callbacks=[_epoch_recorder(model, checkpoint, progress)],
         verbose=1 if os.isatty(1) else 2,
     )
+    if recipe.weight_average:
+        _mend_averages(model)
+
+
+def _mend_averages(model: Any) -> None:
+    """Give the optimizer's moving averages fresh copies of the averaged weights.
+
+    At the end of a fit, Keras on JAX moves each average into its weight and leaves the
+    average's buffer deleted, so that saving the model (with its optimizer) fails with
+    "Array has been deleted"; the weights now hold the averages, so copies of them mend it.
+    """
+    averages = getattr(model.optimizer, "_model_variables_moving_average", None) or ()
+    for weight, average in zip(model.trainable_variables, averages, strict=False):
+        average.assign(np.array(weight.value))
+
+
+def _one_hot(labels: np.ndarray) -> np.ndarray:
+    return np.eye(10, dtype=np.float32)[labels]
+
+
+def _distorted(x_fit: np.ndarray, y_fit: np.ndarray, params: TrainParams, first_epoch: int) -> Any:
+    """The training set as a Keras dataset of freshly distorted batches, built on a second
+    thread while the first one trains; batch ``i`` of epoch ``e`` is the same for the same
+    seed, so a resumed run sees what an uninterrupted one would have."""
+    import keras
+
+    from mnistops.augment import distort
+
+    class DistortedDigits(keras.utils.PyDataset):  # type: ignore[misc]  # Keras ships no types
+        def __init__(self) -> None:
+            super().__init__(workers=2, use_multiprocessing=False, max_queue_size=16)
+            self.epoch = first_epoch
+            self.order = self._shuffled()
+
+        def _shuffled(self) -> np.ndarray:
+            return np.random.default_rng([params.seed, self.epoch]).permutation(len(x_fit))
+
+        def __len__(self) -> int:
+            return math.ceil(len(x_fit) / params.batch_size)
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            rows = self.order[index * params.batch_size : (index + 1) * params.batch_size]
+            rng = np.random.default_rng([params.seed, self.epoch, index])
+            return distort(x_fit[rows], rng), y_fit[rows]
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            self.order = self._shuffled()
+
+    return DistortedDigits()
 
 
 def _epoch_recorder(model: Any, checkpoint: Path, progress: RunProgress) -> Any:

@@ -113,7 +113,7 @@ def retrain(
 
     if url is None and not force:
         raise typer.BadParameter("give the running service's --url, or --force", param_hint="--url")
-    params = TrainParams(model=model.value, epochs=epochs or DEFAULT_EPOCHS[model], limit=limit)
+    params = TrainParams.for_recipe(model.value, epochs=epochs, limit=limit)
     result = run_retrain(load_settings(), url=url, force=force, params=params)
     if result is not None:
         typer.echo(f"version {result.version}: {result.decision} ({result.reason})")

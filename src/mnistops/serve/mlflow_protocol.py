@@ -48,6 +48,8 @@ INPUT_FIELDS = TENSOR_FIELDS + FRAME_FIELDS
 """MLflow's input fields; a request carries exactly one."""
 SPLIT_KEYS = frozenset({"columns", "data", "index"})
 PREDICTIONS = "predictions"
+IS_DIGIT = "is_digit"
+"""Beside the probabilities: per image, False when it does not look like a digit."""
 TENSOR_SHAPES = ((IMAGE_PIXELS,), (IMAGE_SIDE, IMAGE_SIDE))
 """An image of ``inputs`` or ``instances``."""
 FRAME_SHAPES = ((IMAGE_PIXELS,), (1, IMAGE_PIXELS))
@@ -93,7 +95,10 @@ _ANSWER_SCHEMA = {
     "properties": {
         PREDICTIONS: {
             "type": "object",
-            "properties": {OUTPUT_NAME: {"type": "array", "items": {"type": "array"}}},
+            "properties": {
+                OUTPUT_NAME: {"type": "array", "items": {"type": "array"}},
+                IS_DIGIT: {"type": "array", "items": {"type": "boolean"}},
+            },
         }
     },
 }
@@ -265,8 +270,9 @@ async def invocations(request: Request) -> Response:
     except InputError as exc:
         return _refusal(exc)
     request_id = new_request_id()
-    _, probs = await runtime.predict(pixels, request_id)
-    return json_response({PREDICTIONS: {OUTPUT_NAME: probs.tolist()}}, request_id=request_id)
+    predictor, probs = await runtime.predict(pixels, request_id)
+    answer = {OUTPUT_NAME: probs.tolist(), IS_DIGIT: predictor.is_digit(pixels, probs).tolist()}
+    return json_response({PREDICTIONS: answer}, request_id=request_id)
 
 
 @router.get("/ping", responses={503: {}}, summary="Ready to score (MLflow's health check)")

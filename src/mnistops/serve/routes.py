@@ -47,12 +47,13 @@ _PREDICT_BODY: dict[str, Any] = {
 }
 
 
-def _prediction(probs: np.ndarray) -> dict[str, Any]:
+def _prediction(probs: np.ndarray, is_digit: bool) -> dict[str, Any]:
     digit = int(probs.argmax())
     return {
         "digit": digit,
         "confidence": float(probs[digit]),
         "probabilities": [round(float(p), 6) for p in probs],
+        "is_digit": bool(is_digit),
     }
 
 
@@ -69,10 +70,11 @@ async def predict(request: Request) -> Response:
     request_id = new_request_id()
     pixels = await predict_pixels(request, runtime.settings)
     predictor, probs = await runtime.predict(pixels, request_id)
-    answer = _prediction(probs[0])
+    digits = predictor.is_digit(pixels, probs)
+    answer = _prediction(probs[0], digits[0])
     answer.update(model_name=predictor.name, model_version=predictor.version, request_id=request_id)
     if len(probs) > 1:
-        answer["predictions"] = [_prediction(p) for p in probs]
+        answer["predictions"] = [_prediction(p, d) for p, d in zip(probs, digits, strict=True)]
     return json_response(answer, request_id=request_id)
 
 

@@ -38,6 +38,10 @@ class Prediction(BaseModel):
     digit: int = Field(description="The predicted digit.")
     confidence: float = Field(description="The probability of that digit.")
     probabilities: list[float] = Field(description="Probabilities of digits 0-9.")
+    is_digit: bool = Field(
+        description="False when the image does not look like a digit at all (blank, noise, "
+        "a scribble, a photo of something else): the digit is then a guess."
+    )
 
 
 class PredictResponse(Prediction):

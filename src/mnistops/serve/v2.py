@@ -39,9 +39,14 @@ PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data"]
 """The protocol extensions served (listed in the server metadata)."""
 BINARY = "application/octet-stream"
-PROBABILITIES, LABEL = "probabilities", "label"
-OUTPUTS = {PROBABILITIES: ("FP32", [-1, NUM_CLASSES]), LABEL: ("INT64", [-1])}
+PROBABILITIES, LABEL, IS_DIGIT = "probabilities", "label", "is_digit"
+OUTPUTS = {
+    PROBABILITIES: ("FP32", [-1, NUM_CLASSES]),
+    LABEL: ("INT64", [-1]),
+    IS_DIGIT: ("BOOL", [-1]),
+}
 """The model's outputs: datatype and shape."""
+OUTPUT_DTYPES = {**DTYPES, "BOOL": np.dtype(np.bool_)}
 KNOWN_OUTPUTS = ", ".join(repr(name) for name in OUTPUTS)
 ALL_OUTPUTS = {
     binary: tuple(RequestedOutput(name, binary) for name in OUTPUTS) for binary in (False, True)
@@ -144,7 +149,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     sent = inputs.id
     request_id = new_request_id()  # the log's key and X-Request-ID; the client's id is echoed
     predictor, probs = await runtime.predict(inputs.pixels, request_id)
-    outputs, chunks = output_tensors(wanted, probs)
+    outputs, chunks = output_tensors(wanted, probs, predictor.is_digit(inputs.pixels, probs))
     answer = {
         "model_name": predictor.name,
         "model_version": predictor.version,
@@ -177,12 +182,13 @@ def wanted_outputs(inputs: InferInputs) -> tuple[RequestedOutput, ...]:
 
 
 def output_tensors(
-    wanted: tuple[RequestedOutput, ...], probs: np.ndarray
+    wanted: tuple[RequestedOutput, ...], probs: np.ndarray, is_digit: np.ndarray
 ) -> tuple[list[dict[str, Any]], list[bytes]]:
     """The response's outputs, and the bytes of those sent as binary data, in order."""
     described, chunks = [], []
+    tensors = {PROBABILITIES: probs, LABEL: probs.argmax(axis=1), IS_DIGIT: is_digit}
     for output in wanted:
-        tensor = probs if output.name == PROBABILITIES else probs.argmax(axis=1)
+        tensor = tensors[output.name]
         datatype = OUTPUTS[output.name][0]
         entry: dict[str, Any] = {
             "name": output.name,
@@ -190,7 +196,7 @@ def output_tensors(
             "datatype": datatype,
         }
         if output.binary:
-            chunk = tensor.astype(DTYPES[datatype], copy=False).tobytes()
+            chunk = tensor.astype(OUTPUT_DTYPES[datatype], copy=False).tobytes()
             entry["parameters"] = {BINARY_SIZE: len(chunk)}
             chunks.append(chunk)
         else:

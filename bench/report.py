@@ -131,9 +131,19 @@ def _training(training: TrainingResult, found: dict[str, float]) -> list[str]:
         f"| {lab.wall_seconds:.1f} |",
         f"| mnistops (Keras 3 on JAX) | {ours.fit_seconds:.2f} | "
         f"{ours.test_accuracy:.4f} | {ours.wall_seconds:.1f} |",
+        *(
+            f"| mnistops `--model {name}` | {run.fit_seconds:.2f} | {run.test_accuracy:.4f} "
+            f"| {run.wall_seconds:.1f} |"
+            for name, run in training.recipes.items()
+        ),
         "",
         target_line("fit_time_ratio", found["fit_time_ratio"]),
         target_line("accuracy_lost", found["accuracy_lost"]),
+        *(
+            target_line(name, found[name])
+            for name in ("fast_accuracy", "fast_fit")
+            if name in found
+        ),
         "",
     ]
 

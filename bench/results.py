@@ -43,6 +43,8 @@ class TrainingResult:
     """Medians of the lab's script."""
     ours: TrainRun
     """Medians of ``mnistops train --model mlp``."""
+    recipes: dict[str, TrainRun] = field(default_factory=dict)
+    """Medians of ``mnistops train --model NAME`` for the other recipes (fast, cnn)."""
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES))
     parser.add_argument("--reps", type=int, default=3, help="training repetitions")
+    parser.add_argument(
+        "--recipes",
+        nargs="*",
+        default=list(training.RECIPES),
+        help="recipes timed beside the lab's MLP (default: fast cnn)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="each wrk run")
     parser.add_argument("--repeats", type=int, default=3, help="alternated A/B rounds")
     parser.add_argument("--stress", action="store_true", help="run the soak instead")
@@ -76,7 +82,7 @@ def run_suites(args: argparse.Namespace) -> Results:
         return Results(stress=stress.bench_stress(args.stress_seconds))
     results = Results()
     if "training" in args.only:
-        results.training = training.bench_training(args.reps)
+        results.training = training.bench_training(args.reps, tuple(args.recipes))
     if "serving" in args.only:
         results.serving = serving.bench_serving(args.seconds, args.repeats)
     if "servers" in args.only:

@@ -25,18 +25,28 @@ from bench.workspace import (
 _RUN_ID = re.compile(r"run (\w+): test_accuracy=")
 
 
-def bench_training(reps: int) -> TrainingResult:
-    """Median fit time, accuracy and whole-process time of each, over ``reps`` repetitions."""
+RECIPES = ("fast", "cnn")
+"""The recipes timed beside the lab's MLP (``--recipes`` chooses)."""
+
+
+def bench_training(reps: int, recipes: tuple[str, ...] = RECIPES) -> TrainingResult:
+    """Median fit time, accuracy and whole-process time of each, over ``reps`` repetitions
+    (seeds 0..reps-1), interleaved so that every recipe sees the same machine."""
     python = ensure_labenv()
     npz = mnist_npz()
     lab: list[TrainRun] = []
     ours: list[TrainRun] = []
-    for rep in range(reps):  # interleaved, so both see the same machine
+    others: dict[str, list[TrainRun]] = {name: [] for name in recipes}
+    for rep in range(reps):
         log(f"training repetition {rep + 1}/{reps}: the lab's script")
         lab.append(_logged(train_lab(python, npz, seed=rep)))
         log(f"training repetition {rep + 1}/{reps}: mnistops train --model mlp")
         ours.append(_logged(train_ours(seed=rep)))
-    return TrainingResult(reps, _median(lab), _median(ours))
+        for name in recipes:
+            log(f"training repetition {rep + 1}/{reps}: mnistops train --model {name}")
+            others[name].append(_logged(train_ours(seed=rep, model=name)))
+    medians = {name: _median(runs) for name, runs in others.items()}
+    return TrainingResult(reps, _median(lab), _median(ours), medians)
 
 
 def train_lab(python: Path, npz: Path, seed: int) -> TrainRun:
@@ -54,11 +64,11 @@ def ensure_lab_model(python: Path) -> Path:
     return LAB_MODEL
 
 
-def train_ours(seed: int) -> TrainRun:
-    """``mnistops train --model mlp``; fit time and accuracy as it logged them to MLflow."""
+def train_ours(seed: int, model: str = "mlp") -> TrainRun:
+    """``mnistops train --model MODEL``; fit time and accuracy as it logged them to MLflow."""
     import mlflow
 
-    out, wall = _timed(lambda: train_mlp(seed))
+    out, wall = _timed(lambda: train_mlp(seed, model))
     match = _RUN_ID.search(out)
     if match is None:
         raise RuntimeError(f"unexpected output of mnistops train:\n{out}")

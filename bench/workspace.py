@@ -87,9 +87,9 @@ def mnist_npz() -> Path:
     return HOME / "data" / "mnist.npz"
 
 
-def train_mlp(seed: int) -> str:
-    """``mnistops train --model mlp``; its output."""
-    return run(mnistops("train", "--model", "mlp", "--seed", str(seed)))
+def train_mlp(seed: int, model: str = "mlp") -> str:
+    """``mnistops train --model mlp`` (or another recipe); its output."""
+    return run(mnistops("train", "--model", model, "--seed", str(seed)))
 
 
 def ensure_champion() -> None:

@@ -93,7 +93,9 @@ def predict_files(paths: list[Path], settings: Settings, *, batch_size: int = 40
 
     arrays = [read_pixels(p, settings.max_image_pixels) for p in paths]
     predictor = Predictor(
-        resolve(settings.model_uri, settings), intra_op_threads=os.cpu_count() or 1
+        resolve(settings.model_uri, settings),
+        intra_op_threads=os.cpu_count() or 1,
+        precision=settings.precision,
     )
     predictor.load()
     pixels = np.concatenate(arrays) if arrays else np.zeros((0, IMAGE_PIXELS), np.float32)

@@ -10,6 +10,9 @@ A bundle folder holds three files and needs nothing else:
   the drift detector's calibration (``drift_windows``, ``drift_tolerance``,
   ``drift_length``, ``drift_maxima``: see :mod:`mnistops.monitor.drift`);
 - ``metadata.json``: name, version, run id, architecture and test accuracy.
+
+and, in a version registered by this release, ``model.int8.onnx``, the model statically
+quantised to INT8 (:mod:`mnistops.quantize`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ ONNX_FILE = "model.onnx"
 REFERENCE_FILE = "reference.npz"
 METADATA_FILE = "metadata.json"
 BUNDLE_FILES = (ONNX_FILE, REFERENCE_FILE, METADATA_FILE)
+INT8_FILE = "model.int8.onnx"
+OPTIONAL_FILES = (INT8_FILE,)
+"""Files a bundle may hold besides :data:`BUNDLE_FILES`: the INT8 copy of the model."""
 OUTPUT_NAME = "probabilities"
 """The ONNX graph's output, whatever the recipe: metadata.json and MLflow's answers
 (``{"predictions": {OUTPUT_NAME: [[...], ...]}}``) carry this name."""
@@ -137,6 +143,22 @@ class ModelBundle:
     @property
     def onnx_path(self) -> Path:
         return self.path / ONNX_FILE
+
+    def model_path(self, precision: str = "fp32") -> Path:
+        """The ONNX file of ``precision`` ("fp32" or "int8").
+
+        Raises:
+            BundleError: this version has no INT8 copy.
+        """
+        if precision == "fp32":
+            return self.onnx_path
+        path = self.path / INT8_FILE
+        if not path.is_file():
+            raise BundleError(
+                f"{self.path} has no {INT8_FILE} (a version registered before INT8 copies "
+                "were made): train a new version, or serve with MNISTOPS_PRECISION=fp32"
+            )
+        return path
 
     @property
     def reference_path(self) -> Path:

@@ -29,6 +29,16 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code=code)
 
 
+_USAGE_ERROR = typer.BadParameter.__mro__[1]
+"""click's UsageError (typer vendors click and exports only this subclass of it)."""
+
+
+def _command_path(exc: Any) -> list[str]:
+    """The subcommands named before a usage mistake (from click's context)."""
+    ctx = getattr(exc, "ctx", None)
+    return ctx.command_path.split()[1:] if ctx is not None else []
+
+
 class ToolGroup(TyperGroup):
     """The root command: any command's refusal, outage or unusable path ends in one line."""
 
@@ -36,6 +46,11 @@ class ToolGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except _USAGE_ERROR as exc:
+            where = " ".join(filter(None, [PACKAGE, *_command_path(exc)]))
+            raise fail(
+                f"{exc.format_message()}; `{where} --help` lists what is accepted", 2
+            ) from exc
         except MnistopsError as exc:
             raise fail(str(exc), exc.exit_code) from exc
         except OSError as exc:
@@ -276,7 +291,7 @@ def run(
     if settings.model_uri == DEFAULT_MODEL_URI:
         why_not = challenger.wanted(settings, champion_accuracy(settings, setup_mlflow(settings)))
         if why_not is None:
-            child = challenger.start(settings)
+            child = challenger.start(settings, epochs, limit)
             typer.echo(
                 f"training the fast recipe as a challenger (pid {child.pid}, log "
                 f"{challenger.log_file(settings)}); the server swaps it in when the gate "

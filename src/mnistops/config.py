@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +80,9 @@ class Settings(BaseSettings):
     """How long a batch lingers for stragglers (0: take what is queued and go)."""
     intra_op_threads: int = 1
     """onnxruntime threads per inference call."""
+    precision: Literal["fp32", "int8"] = "fp32"
+    """Which of a version's ONNX models serving runs: the float one, or its statically
+    quantised INT8 copy (``model.int8.onnx``; a version without one is refused)."""
     admin_token: str | None = None
     """Bearer token for /admin routes; the routes are off when unset."""
     reload_interval_s: float = 30.0

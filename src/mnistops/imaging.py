@@ -19,6 +19,17 @@ DIGIT_BOX = 20
 """MNIST fits each digit's ink into a 20x20 box."""
 INK_CUTOFF = 0.2
 """After inversion and stretching, pixels above this fraction of full ink count as ink."""
+BACKGROUND_PERCENTILE = 25
+"""Contrast is stretched from this percentile of the picture (paper: ink covers less than
+three quarters of any picture of a digit) up to its darkest ink ..."""
+PAPER_GRAIN = 3.0
+"""... plus this many times the paper's grain (the spread of its lower pixels), so that
+noise on photographed paper never counts as ink."""
+BACKGROUND_MIN_SIDE = 48
+BACKGROUND_SAMPLES = 4096
+"""Pixels, at most, that the lighting's plane is fitted to."""
+BACKGROUND_EVEN = 0.03
+"""A background whose shade varies less than this across the picture is even."""
 ACCEPTED_IMAGE_TYPES = ("image/png", "image/jpeg")
 JSON_NUMBERS = "numbers must be finite; JSON has no NaN or Infinity"
 
@@ -93,7 +104,10 @@ def normalise_image(gray: np.ndarray) -> np.ndarray:
 
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     ink = 1.0 - gray if np.median(border) > 0.5 else gray.copy()
-    low, high = float(np.percentile(ink, 5)), float(ink.max())
+    ink = _flatten_background(ink)
+    paper, darkest_paper = np.percentile(ink, [BACKGROUND_PERCENTILE, 5])
+    # the paper's grain: its quartile lies ~1 sd above its 5th percentile
+    low, high = float(paper + PAPER_GRAIN * (paper - darkest_paper)), float(ink.max())
     if high - low < 1e-3:
         return np.zeros(IMAGE_PIXELS, dtype=np.float32)
     ink = np.clip((ink - low) / (high - low), 0.0, 1.0)
@@ -106,6 +120,32 @@ def normalise_image(gray: np.ndarray) -> np.ndarray:
     small = Image.fromarray((crop * 255).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
     digit = np.asarray(small, dtype=np.float32) / np.float32(255.0)
     return _centre_by_mass(digit)
+
+
+def _flatten_background(ink: np.ndarray) -> np.ndarray:
+    """Subtract uneven lighting: in a photo the paper's shade can vary more across the
+    picture than between paper and a faint stroke. A plane (the lighting's ramp) is fitted
+    to the paper, which is the lower half of the pixels left after the previous fit, three
+    times over, and its rise is subtracted; strokes, however thick, never enter the fit.
+    Pictures under :data:`BACKGROUND_MIN_SIDE` pixels and even lighting are left alone."""
+    height, width = ink.shape
+    if min(height, width) < BACKGROUND_MIN_SIDE:
+        return ink
+    step = max(1, int(np.sqrt(height * width / BACKGROUND_SAMPLES)))
+    rows, cols = np.mgrid[0:height:step, 0:width:step]
+    design = np.stack([np.ones(rows.size), rows.ravel() / height, cols.ravel() / width], axis=1)
+    values = ink[::step, ::step].ravel().astype(np.float64)
+    plane = np.zeros(3)
+    for _ in range(3):
+        residual = values - design @ plane
+        paper = residual <= np.median(residual)
+        plane = np.linalg.lstsq(design[paper], values[paper], rcond=None)[0]
+    down = plane[1] * np.arange(height)[:, None] / height
+    across = plane[2] * np.arange(width)[None, :] / width
+    ramp = down + across
+    if float(np.ptp(ramp)) < BACKGROUND_EVEN:
+        return ink
+    return np.clip(ink - (ramp - ramp.min()), 0.0, 1.0).astype(np.float32)
 
 
 def _centre_by_mass(digit: np.ndarray) -> np.ndarray:

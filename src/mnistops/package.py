@@ -22,7 +22,9 @@ import numpy as np
 
 from mnistops.bundle import (
     BUNDLE_FILES,
+    INT8_FILE,
     ONNX_FILE,
+    OPTIONAL_FILES,
     OUTPUT_NAME,
     REFERENCE_FILE,
     ReferenceProfile,
@@ -95,6 +97,11 @@ def register_version(
         f"temperature {temperature:.3f} built into model.onnx: test ECE "
         f"{expected_calibration_error(test_probs, splits.y_test):.4f} -> {test_ece:.4f}"
     )
+    int8 = _quantise(bundle, splits)
+    log(
+        f"INT8: test accuracy {int8.test_accuracy:.4f} (FP32 {int8.fp32_test_accuracy:.4f}), "
+        f"max |INT8 - FP32| = {int8.max_abs_diff:.2e}, same digit on {int8.agreement:.2%}"
+    )
     reference = _write_reference(bundle, splits.x_val, splits.y_val)
     # fitted on the calibrated outputs: its own temperature is ~1; its ATC threshold and
     # held-out ranges are what the monitor's accuracy estimate uses
@@ -127,6 +134,8 @@ def register_version(
         "calibration": calibration.as_dict(),
         "temperature": temperature,
         "test_ece": test_ece,
+        "onnx_max_abs_diff": diff,
+        "int8": int8.as_dict(),
     }
     write_metadata(bundle, metadata)
     version = _log_and_register(settings, model, splits.x_test[:5], bundle)
@@ -152,9 +161,7 @@ def _export_and_check(
     return diff
 
 
-def _calibrate_graph(
-    bundle: Path, splits: Splits, test_probs: np.ndarray
-) -> tuple[float, float]:
+def _calibrate_graph(bundle: Path, splits: Splits, test_probs: np.ndarray) -> tuple[float, float]:
     """Fit the temperature on the held-out images, build it into ``model.onnx`` and check
     the rewritten graph against the scaled Keras outputs. Returns the temperature and the
     test set's expected calibration error after scaling."""
@@ -171,6 +178,21 @@ def _calibrate_graph(
             f"the calibrated ONNX model differs from Keras by {diff:.2e} (> {PARITY_TOLERANCE})"
         )
     return temperature, expected_calibration_error(expected, splits.y_test)
+
+
+def _quantise(bundle: Path, splits: Splits) -> Any:
+    """Write the INT8 copy (calibrated on training images), log and return its figures."""
+    import mlflow
+
+    from mnistops.quantize import compare, quantise
+
+    try:
+        quantise(bundle / ONNX_FILE, bundle / INT8_FILE, splits.x_fit)
+    except Exception as exc:  # onnxruntime's quantiser raises bare exceptions
+        raise ExportError(f"INT8 quantisation failed: {type(exc).__name__}: {exc}") from exc
+    figures = compare(bundle / ONNX_FILE, bundle / INT8_FILE, splits.x_test, splits.y_test)
+    mlflow.log_metrics({f"int8_{k}": v for k, v in figures.as_dict().items()})
+    return figures
 
 
 def _write_reference(bundle: Path, x_val: np.ndarray, y_val: np.ndarray) -> ReferenceProfile:
@@ -249,7 +271,8 @@ class _VersionFiles:
             save_as_external_data=False,  # one file, as the bundle holds it
             **kwargs,
         )
-        for name in BUNDLE_FILES:  # model.onnx too: byte for byte the parity-checked file
+        # model.onnx too: byte for byte the parity-checked file
+        for name in BUNDLE_FILES + OPTIONAL_FILES:
             shutil.copy2(self.bundle / name, root / name)
         _add_keras(self.keras_model, root, mlflow_model, signature)
         files = (f for f in root.rglob("*") if f.is_file())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from mnistops.bundle import BundleError, ModelBundle
@@ -17,8 +19,11 @@ class Predictor:
     ``[N, 10]`` probabilities. It is safe to call from several threads at once.
     """
 
-    def __init__(self, bundle: ModelBundle, *, intra_op_threads: int = 1) -> None:
+    def __init__(
+        self, bundle: ModelBundle, *, intra_op_threads: int = 1, precision: str = "fp32"
+    ) -> None:
         self.bundle = bundle
+        self.precision = precision
         self._threads = intra_op_threads
         self._session: object | None = None
         self._input_name = ""
@@ -42,26 +47,27 @@ class Predictor:
             BundleError: the ONNX file is corrupt or does not take ``[N, 784]`` pixels.
         """
         try:
-            self._session = self._open_session()
+            path = self.bundle.model_path(self.precision)
+            self._session = self._open_session(path)
             self.predict(np.zeros((1, IMAGE_PIXELS), dtype=np.float32))
         # onnxruntime's errors share no base class narrower than Exception
+        except BundleError:
+            raise
         except Exception as exc:
             self._session = None
             raise BundleError(
-                f"{self.bundle.onnx_path} is not a model onnxruntime can run "
+                f"{self.bundle.model_path(self.precision)} is not a model onnxruntime can run "
                 f"({first_line(exc)}); write the folder again with `mnistops export`"
             ) from exc
 
-    def _open_session(self) -> object:
+    def _open_session(self, path: Path) -> object:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(
-            str(self.bundle.onnx_path), options, providers=["CPUExecutionProvider"]
-        )
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._input_name = session.get_inputs()[0].name
         return session
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnistops.bundle import BUNDLE_FILES, METADATA_FILE, ModelBundle, load_bundle
+from mnistops.bundle import BUNDLE_FILES, METADATA_FILE, OPTIONAL_FILES, ModelBundle, load_bundle
 from mnistops.config import CHALLENGER, CHAMPION, Settings
 from mnistops.errors import MnistopsError
 from mnistops.tracking import SERVER_SCHEMES, existing, registry_uri, setup_mlflow, tracking
@@ -225,7 +225,7 @@ def _download_version(settings: Settings, name: str, version: str, target: Path)
             )
         staged = Path(tmp) / "bundle"
         staged.mkdir()
-        for file in BUNDLE_FILES:
+        for file in BUNDLE_FILES + tuple(f for f in OPTIONAL_FILES if (local / f).is_file()):
             shutil.copy2(local / file, staged / file)
         metadata = json.loads((staged / METADATA_FILE).read_text())
         metadata.update(name=name, version=version)
@@ -241,7 +241,7 @@ def export_bundle(uri_or_path: str, settings: Settings, out: Path) -> ModelBundl
 
     bundle = resolve(uri_or_path, settings)
     out.mkdir(parents=True, exist_ok=True)
-    for file in BUNDLE_FILES:
+    for file in BUNDLE_FILES + tuple(f for f in OPTIONAL_FILES if (bundle.path / f).is_file()):
         shutil.copy2(bundle.path / file, out / file)
     exported = load_bundle(out)
     reference = exported.reference()

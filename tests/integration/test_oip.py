@@ -87,6 +87,7 @@ def test_health_and_metadata_through_tritonclient(client: triton.InferenceServer
     assert [(o["name"], o["datatype"]) for o in metadata["outputs"]] == [
         ("probabilities", "FP32"),
         ("label", "INT64"),
+        ("is_digit", "BOOL"),
     ]
     with pytest.raises(InferenceServerException) as unknown:
         client.get_model_metadata("resnet")
@@ -116,6 +117,7 @@ def test_numpy_inputs_json_or_binary_answer_what_predict_answers(
     probabilities, digits = predicted
     assert result.as_numpy("label").tolist() == digits.tolist()
     assert result.as_numpy("probabilities") == pytest.approx(probabilities, abs=1e-6)
+    assert result.as_numpy("is_digit").dtype == np.bool_
 
 
 def test_outputs_as_asked_with_the_id_and_parameters(

@@ -147,7 +147,7 @@ def test_open_inference_protocol_metadata_and_health(client: httpx.Client) -> No
     assert client.get("/v2").json()["name"] == "mnistops"
     meta = client.get("/v2/models/mnist-classifier").json()
     assert meta["versions"] == ["1"] and meta["inputs"][0]["shape"] == [-1, 784]
-    assert [o["name"] for o in meta["outputs"]] == ["probabilities", "label"]
+    assert [o["name"] for o in meta["outputs"]] == ["probabilities", "label", "is_digit"]
     assert client.get("/v2/models/mnist-classifier/versions/1").status_code == 200
     assert client.get("/v2/models/mnist-classifier/ready").json()["ready"] is True
     assert client.get("/v2/models/mnist-classifier/versions/1/ready").status_code == 200
@@ -281,3 +281,25 @@ print("LOADED", loaded)
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "LOADED []" in done.stdout
+
+
+def test_every_door_says_whether_it_sees_a_digit(client: httpx.Client, mnist: Mnist) -> None:
+    digits = mnist.x_test[:50].reshape(50, -1)
+    blank = np.zeros((1, 784), dtype=np.uint8)
+    body = client.post("/predict", json={"images": [*digits.tolist(), *blank.tolist()]}).json()
+    seen = [p["is_digit"] for p in body["predictions"]]
+    assert body["is_digit"] is True and seen[-1] is False
+    assert sum(seen[:-1]) >= 45  # the thresholds turn away under 1 % of held-out digits
+    picture = client.post("/predict", content=_png(np.full((28, 28), 255, np.uint8)),
+                          headers={"Content-Type": "image/png"})  # fmt: skip
+    assert picture.status_code == 200 and picture.json()["is_digit"] is False
+    v2 = client.post(
+        "/v2/models/mnist-classifier/infer",
+        json={"inputs": [{"name": "pixels", "shape": [2, 784], "datatype": "UINT8",
+                          "data": [*digits[0].tolist(), *blank[0].tolist()]}]},
+    ).json()  # fmt: skip
+    outputs = {o["name"]: o for o in v2["outputs"]}
+    assert outputs["is_digit"]["datatype"] == "BOOL"
+    assert outputs["is_digit"]["data"] == [seen[0], False]
+    scored = client.post("/invocations", json={"inputs": [digits[0].tolist(), [0] * 784]}).json()
+    assert scored["predictions"]["is_digit"] == [seen[0], False]

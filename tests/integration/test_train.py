@@ -168,3 +168,34 @@ def test_killed_training_resumes_from_last_epoch(
 def test_lab_recipe_reaches_lab_accuracy(make_settings: Callable[..., Settings]) -> None:
     result = train(make_settings(), TrainParams(), log=lambda _: None)
     assert result.test_accuracy >= 0.978
+
+
+def test_a_version_is_calibrated_and_carries_an_int8_copy(
+    trained_settings: Settings, trained_bundle: ModelBundle, mnist: Mnist
+) -> None:
+    """The temperature is inside model.onnx, whose test-set ECE is logged; model.int8.onnx
+    lies beside it with its figures, and serving runs it when asked."""
+    from mnistops.bundle import INT8_FILE
+    from mnistops.evaluate import expected_calibration_error
+    from mnistops.export import onnx_probabilities
+    from mnistops.predictor import Predictor
+
+    metadata = trained_bundle.metadata
+    pixels = mnist.x_test.reshape(-1, 784).astype(np.float32) / 255
+    served = onnx_probabilities(trained_bundle.onnx_path, pixels)
+    assert expected_calibration_error(served, mnist.y_test) == pytest.approx(
+        metadata["test_ece"], abs=1e-4
+    )
+    assert metadata["test_ece"] <= 0.02 and metadata["temperature"] != pytest.approx(1.0)
+    assert (trained_bundle.path / INT8_FILE).is_file()
+    int8 = metadata["int8"]
+    assert int8["agreement"] > 0.97 and int8["max_abs_diff"] < 0.5
+    assert abs(int8["test_accuracy"] - int8["fp32_test_accuracy"]) < 0.01
+    quantised = Predictor(trained_bundle, precision="int8")
+    quantised.load()
+    accuracy = (quantised.predict(pixels).argmax(1) == mnist.y_test).mean()
+    assert accuracy == pytest.approx(int8["test_accuracy"], abs=1e-6)
+    import mlflow
+
+    run = mlflow.get_run(metadata["run_id"])
+    assert {"test_ece_calibrated", "int8_test_accuracy", "temperature"} <= set(run.data.metrics)

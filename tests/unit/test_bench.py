@@ -86,7 +86,12 @@ def _results() -> Results:
         },
     )
     return Results(
-        training=TrainingResult(3, TrainRun(12.0, 0.9793, 20.0), TrainRun(7.8, 0.9787, 25.0)),
+        training=TrainingResult(
+            3,
+            TrainRun(12.0, 0.9793, 20.0),
+            TrainRun(7.8, 0.9787, 25.0),
+            {"fast": TrainRun(121.0, 0.9947, 160.0), "cnn": TrainRun(891.0, 0.995, 920.0)},
+        ),
         serving=serving,
         servers={"uvicorn": {"predict c=1": Load(2000, 1, 2, 10, 0)}},
         batch=BatchResult(10_000, 4096, 2, 813_056, 197_745, 160.8, 192.7, 0.72),
@@ -146,6 +151,8 @@ def test_verdicts_follow_the_figures() -> None:
     assert found == {
         "fit_time_ratio": True,  # 7.8 / 12.0 = 0.65
         "accuracy_lost": True,  # 0.06 points
+        "fast_accuracy": True,  # 99.47 %
+        "fast_fit": False,  # 121 s
         "vs_lab_flask": True,  # 150x
         "vs_mlflow_serve": False,  # 75x
         "vs_noop_route": False,  # 50 %

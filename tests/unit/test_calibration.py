@@ -71,3 +71,31 @@ def test_a_little_beyond_the_held_out_range_is_still_inside() -> None:
     assert found.estimate_accuracy(probs, thicker) == pytest.approx(
         found.estimate_accuracy(probs, features), abs=0.02
     )
+
+
+def test_not_a_digit_turns_away_few_held_out_images_and_the_unlike_ones() -> None:
+    from mnistops.calibration import DIGIT_REJECTED
+
+    probs, labels = _overconfident(6000, 0.9, seed=4)
+    rng = np.random.default_rng(4)
+    features = rng.normal([0.13, 0.3, 0.1, 14.0, 14.0], [0.03, 0.03, 0.03, 1.0, 1.0], (6000, 5))
+    found = calibrate(probs, labels, features)
+    served = found.scale(probs)
+    kept = found.is_digit(served, features)
+    assert 1 - kept.mean() <= 2 * DIGIT_REJECTED + 0.002
+    assert 1 - kept.mean() >= DIGIT_REJECTED - 0.001
+    # an empty field (all statistics 0, centre 13.5) is far from every digit
+    blank = np.array([[0.0, 0.0, 0.0, 13.5, 13.5]])
+    assert not found.is_digit(served[:1], blank)[0]
+    # so is a confident answer on a like-looking image that no digit was that unsure of
+    unsure = np.full((1, 10), 0.1)
+    assert not found.is_digit(unsure, features[:1])[0]
+    again = Calibration.from_dict(found.as_dict())
+    assert np.array_equal(again.is_digit(served, features), kept)
+
+
+def test_a_calibration_stored_without_the_check_sees_a_digit_everywhere() -> None:
+    probs, labels = _overconfident(2000, 0.9, seed=5)
+    old = {k: v for k, v in calibrate(probs, labels).as_dict().items() if "digit" not in k}
+    found = Calibration.from_dict(old)
+    assert found.is_digit(probs, np.zeros((len(probs), 5))).all()

@@ -46,9 +46,20 @@ def test_every_command_and_option_has_help_text() -> None:
 
 
 def test_train_refuses_unknown_model_and_names_the_choices() -> None:
-    result = runner.invoke(app, ["train", "--model", "resnet"])
-    assert result.exit_code == 2
-    assert "'mlp'" in result.output and "'cnn'" in result.output
+    line = one_line_error(runner.invoke(app, ["train", "--model", "resnet"]), code=2)
+    assert "'mlp'" in line and "'cnn'" in line and "'fast'" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["train", "--epochs", "0"], "--epochs"),
+        (["train", "--batch-size", "-1"], "--batch-size"),
+        (["train", "--wings", "2"], "--wings"),
+    ],
+)
+def test_a_usage_mistake_is_one_line_and_exit_2(argv: list[str], said: str) -> None:
+    assert said in one_line_error(runner.invoke(app, argv), code=2)
 
 
 def test_architecture_choices_are_the_known_models() -> None:

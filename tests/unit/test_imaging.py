@@ -111,3 +111,19 @@ def test_pixel_validation_accepts_or_explains(values: object) -> None:
 )
 def test_scale_rule(values: list[float], scale: str | None, expected_max: float) -> None:
     assert pixels_from_values(values, scale=scale).max() == pytest.approx(expected_max)
+
+
+def test_a_photo_on_unevenly_lit_grey_paper_is_read_like_the_clean_digit() -> None:
+    from mnistops.imaging import normalise_image
+
+    clean = np.zeros((120, 120))
+    clean[20:100, 55:65] = 1.0  # a "1" on white paper, as ink
+    clean[20:30, 40:65] = 1.0
+    light = np.linspace(0.55, 0.85, 120)[None, :] * np.ones((120, 1))
+    noise = np.random.default_rng(0).normal(0, 0.02, clean.shape)
+    photo = np.clip(light * (1 - 0.7 * clean) + noise, 0, 1)
+    expected = normalise_image(1.0 - clean)
+    got = normalise_image(photo)
+    # the same ink, placed the same way: no paper counted as ink
+    ink, wanted = got > 0.5, expected > 0.5
+    assert (ink & wanted).sum() / (ink | wanted).sum() > 0.9

@@ -35,7 +35,7 @@ def test_models_map_flat_pixels_to_probabilities(name: str) -> None:
 def test_unknown_model_is_refused_with_choices() -> None:
     from mnistops.model import build_model
 
-    with pytest.raises(ValueError, match="mlp, cnn"):
+    with pytest.raises(ValueError, match="mlp, cnn, fast"):
         build_model("resnet")
 
 
@@ -51,3 +51,40 @@ def test_evaluate_reports_every_class() -> None:
     scores = evaluate(probs, labels)
     assert scores.accuracy == 1.0
     assert {f"f1_{d}" for d in range(10)} <= set(scores.metrics())
+
+
+def test_fast_recipe_is_strided_and_small() -> None:
+    from mnistops.model import FAST_FILTERS, build_model
+
+    model = build_model("fast", total_steps=100)
+    convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == list(FAST_FILTERS)
+    assert all(c.strides == (2, 2) for c in convs)
+    assert not any("Pooling" in type(layer).__name__ for layer in model.layers)
+    assert model.optimizer.use_ema
+    assert model.loss.label_smoothing == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"model": "resnet"}, "unknown model 'resnet'; choose one of mlp, cnn, fast"),
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"batch_size": 60000}, "batch size 60000 is larger than the 54000 images"),
+        ({"learning_rate": 0.0}, "learning rate must be above 0"),
+        ({"validation_split": 1.0}, "validation split must be between 0 and 1"),
+    ],
+)
+def test_impossible_hyperparameters_are_refused(given: dict[str, object], message: str) -> None:
+    from mnistops.train import TrainError, TrainParams
+
+    with pytest.raises(TrainError, match=message.replace("(", r"\(")):
+        TrainParams(**given).check(54000)  # type: ignore[arg-type]
+
+
+def test_recipe_defaults_fill_what_is_not_given() -> None:
+    from mnistops.train import TrainParams
+
+    fast = TrainParams.for_recipe("fast", epochs=None, batch_size=64)
+    assert (fast.epochs, fast.batch_size, fast.learning_rate) == (7, 64, 3e-3)
+    assert TrainParams.for_recipe("mlp") == TrainParams()

@@ -55,14 +55,21 @@ def wanted(settings: Settings, champion_accuracy: float | None) -> str | None:
     return None
 
 
-def start(settings: Settings) -> subprocess.Popen[bytes]:
-    """Start `mnistops train --model fast` in a child process logging to :func:`log_file`."""
+def start(
+    settings: Settings, epochs: int | None = None, limit: int | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `mnistops train --model fast` in a child process logging to :func:`log_file`
+    (with ``--epochs`` and ``--limit`` when given, as `mnistops run` was)."""
     log = log_file(settings)
     log.parent.mkdir(parents=True, exist_ok=True)
     state = _read(settings)
+    extra = [
+        *(["--epochs", str(epochs)] if epochs else []),
+        *(["--limit", str(limit)] if limit else []),
+    ]
     with log.open("ab") as out:
-        child = subprocess.Popen(  # noqa: S603  # our own interpreter and module
-            [sys.executable, "-m", "mnistops", "train", "--model", RECIPE],
+        child = subprocess.Popen(  # our own interpreter and module
+            [sys.executable, "-m", "mnistops", "train", "--model", RECIPE, *extra],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -28,7 +28,9 @@ def load_predictor(bundle: ModelBundle, settings: Settings) -> Predictor:
     """
     if settings.monitoring:
         bundle.reference()
-    predictor = Predictor(bundle, intra_op_threads=settings.intra_op_threads)
+    predictor = Predictor(
+        bundle, intra_op_threads=settings.intra_op_threads, precision=settings.precision
+    )
     predictor.load()
     return predictor
 

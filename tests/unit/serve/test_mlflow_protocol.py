@@ -51,7 +51,9 @@ BODIES: dict[str, dict[str, Any]] = {
 def _probabilities(response: httpx.Response) -> np.ndarray:
     assert response.status_code == 200, response.text
     body = response.json()
-    assert list(body) == ["predictions"] and list(body["predictions"]) == ["probabilities"]
+    assert list(body) == ["predictions"]
+    assert list(body["predictions"]) == ["probabilities", "is_digit"]
+    assert len(body["predictions"]["is_digit"]) == len(body["predictions"]["probabilities"])
     return np.array(body["predictions"]["probabilities"])
 
 

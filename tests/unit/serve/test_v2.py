@@ -24,6 +24,7 @@ from mnistops.imaging import InputError
 from mnistops.serve import schemas
 from mnistops.serve.inputs import infer_request
 from mnistops.serve.tensors import DATATYPE_TOP, DTYPES, INPUT_NAME
+from mnistops.serve.v2 import OUTPUT_DTYPES
 from tests.unit.serve.conftest import MODEL_NAME, RecordingMonitor, started_client
 
 pytestmark = [pytest.mark.unit, pytest.mark.anyio]
@@ -59,7 +60,7 @@ def _binary_outputs(response: httpx.Response) -> tuple[dict[str, Any], dict[str,
         size = output.get("parameters", {}).get("binary_data_size")
         if size is not None:
             data = response.content[offset : offset + size]
-            arrays[output["name"]] = np.frombuffer(data, DTYPES[output["datatype"]])
+            arrays[output["name"]] = np.frombuffer(data, OUTPUT_DTYPES[output["datatype"]])
             offset += size
     assert offset == len(response.content)
     return header, arrays
@@ -81,9 +82,11 @@ async def test_infer_labels_a_uint8_batch_of_28x28_images(client: httpx.AsyncCli
     response = await client.post(INFER, json=request)
     assert response.status_code == 200, response.text
     body = response.json()
-    probabilities, label = body["outputs"]
+    probabilities, label, is_digit = body["outputs"]
     assert probabilities["shape"] == [2, 10] and len(probabilities["data"]) == 20
     assert label == {"name": "label", "shape": [2], "datatype": "INT64", "data": [0, 9]}
+    assert is_digit["datatype"] == "BOOL" and is_digit["shape"] == [2]
+    assert all(isinstance(v, bool) for v in is_digit["data"])
     assert body["model_name"] == MODEL_NAME and body["model_version"] == "1"
 
 
@@ -126,7 +129,7 @@ async def test_binary_outputs_come_after_the_json_header_when_asked(
     response = await client.post(INFER, content=body, headers=headers)
     assert response.status_code == 200, response.text
     header, arrays = _binary_outputs(response)
-    assert [o["name"] for o in header["outputs"]] == ["probabilities", "label"]
+    assert [o["name"] for o in header["outputs"]] == ["probabilities", "label", "is_digit"]
     assert header["outputs"][0]["parameters"] == {"binary_data_size": 2 * 10 * 4}
     assert arrays["label"].tolist() == [0, 9] and arrays["probabilities"].shape == (20,)
     assert response.headers["content-type"] == "application/octet-stream"
@@ -376,6 +379,7 @@ async def test_health_and_metadata_describe_what_is_accepted(client: httpx.Async
     assert meta["outputs"] == [
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
         {"name": "label", "datatype": "INT64", "shape": [-1]},
+        {"name": "is_digit", "datatype": "BOOL", "shape": [-1]},
     ]
     ready = await client.get(f"/v2/models/{MODEL_NAME}/versions/1/ready")
     assert ready.json() == {"name": MODEL_NAME, "ready": True}

@@ -14,6 +14,7 @@ probabilities and true labels), at training time, and stored with the version.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -78,10 +79,16 @@ class Calibration:
         images' (zeros when this calibration has none)."""
         if not self.digit_mean:
             return np.zeros(len(features))
-        centred = np.asarray(features, dtype=np.float64) - np.asarray(self.digit_mean)
+        mean, precision = self._digit_arrays
+        centred = np.asarray(features, dtype=np.float64) - mean
+        return ((centred @ precision) * centred).sum(axis=1)
+
+    @functools.cached_property
+    def _digit_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The "not a digit" mean and precision as arrays, built once per calibration."""
         size = len(self.digit_mean)
-        precision = np.asarray(self.digit_precision).reshape(size, size)
-        return np.einsum("ni,ij,nj->n", centred, precision, centred)
+        mean = np.asarray(self.digit_mean)
+        return mean, np.asarray(self.digit_precision).reshape(size, size)
 
     def is_digit(self, probabilities: np.ndarray, features: np.ndarray) -> np.ndarray:
         """Per image: confident enough, and its input statistics like the held-out digits'.

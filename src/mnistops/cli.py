@@ -29,7 +29,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code=code)
 
 
-_USAGE_ERROR = typer.BadParameter.__mro__[1]
+_USAGE_ERROR: type[Exception] = typer.BadParameter.__mro__[1]
 """click's UsageError (typer vendors click and exports only this subclass of it)."""
 
 
@@ -48,9 +48,8 @@ class ToolGroup(TyperGroup):
             return super().invoke(ctx)
         except _USAGE_ERROR as exc:
             where = " ".join(filter(None, [PACKAGE, *_command_path(exc)]))
-            raise fail(
-                f"{exc.format_message()}; `{where} --help` lists what is accepted", 2
-            ) from exc
+            said = exc.format_message()  # type: ignore[attr-defined]  # click's UsageError
+            raise fail(f"{said}; `{where} --help` lists what is accepted", 2) from exc
         except MnistopsError as exc:
             raise fail(str(exc), exc.exit_code) from exc
         except OSError as exc:
@@ -278,7 +277,8 @@ def run(
     while the fast recipe trains beside it as a challenger (MNISTOPS_CHALLENGER=false: not)."""
     from mnistops.data import fetch_mnist
     from mnistops.ops import challenger
-    from mnistops.registry import champion_accuracy, setup_mlflow, unset_alias
+    from mnistops.registry import champion_accuracy, unset_alias
+    from mnistops.tracking import setup_mlflow
 
     settings = load_settings()
     fetch_mnist(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -10,6 +11,18 @@ from mnistops.bundle import BundleError, ModelBundle
 from mnistops.calibration import Calibration
 from mnistops.errors import first_line
 from mnistops.features import IMAGE_PIXELS, NUM_CLASSES, image_features
+
+
+class Answer(NamedTuple):
+    """What a version says about a batch of images."""
+
+    probabilities: np.ndarray
+    """``[N, 10]`` float32."""
+    is_digit: np.ndarray
+    """``[N]`` bool: whether each image looks like a digit at all."""
+
+    def rows(self, start: int, stop: int) -> Answer:
+        return Answer(self.probabilities[start:stop], self.is_digit[start:stop])
 
 
 class Predictor:
@@ -85,6 +98,12 @@ class Predictor:
         batch = np.ascontiguousarray(pixels, dtype=np.float32).reshape(-1, IMAGE_PIXELS)
         (probs,) = self._session.run(None, {self._input_name: batch})  # type: ignore[attr-defined]
         return np.asarray(probs, dtype=np.float32).reshape(-1, NUM_CLASSES)
+
+    def answer(self, pixels: np.ndarray) -> Answer:
+        """Probabilities and "is it a digit" for a batch (what every served route needs:
+        one call per batch, the input statistics computed once for all its images)."""
+        probs = self.predict(pixels)
+        return Answer(probs, self.is_digit(pixels, probs))
 
     def is_digit(self, pixels: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Per image, whether it looks like a digit at all (the version's "not a digit"

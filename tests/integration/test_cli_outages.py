@@ -65,6 +65,7 @@ def test_export_writes_a_servable_folder(
     out = tmp_path / "model"
     result = runner.invoke(app, ["export", "models:/mnist-classifier@champion", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "model.onnx", "reference.npz"]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["metadata.json", "model.int8.onnx", "model.onnx", "reference.npz"]
     result = runner.invoke(app, ["export", "models:/mnist-classifier@nope", "--out", str(out)])
     assert result.exit_code == 1 and "no alias @nope" in result.output

@@ -104,6 +104,7 @@ def test_health_and_metadata_through_tritonclient(client: triton.InferenceServer
     assert [(o["name"], o["datatype"]) for o in metadata["outputs"]] == [
         ("probabilities", "FP32"),
         ("label", "INT64"),
+        ("is_digit", "BOOL"),
     ]
     with pytest.raises(InferenceServerException) as unknown:
         client.get_model_metadata("resnet")

@@ -123,7 +123,8 @@ def test_open_inference_protocol_infer(
         "/v2/models/mnist-classifier/versions/1/infer",
     ):
         body = client.post(path, json=request).json()
-        probabilities, label = body["outputs"]
+        probabilities, label, is_digit = body["outputs"]
+        assert is_digit["datatype"] == "BOOL" and is_digit["shape"] == [DIGITS]
         assert probabilities["shape"] == [DIGITS, 10] and label["shape"] == [DIGITS]
         assert _accuracy(label["data"], mnist) >= trained_bundle.metadata["test_accuracy"] - 0.05
     flat = {
@@ -301,5 +302,6 @@ def test_every_door_says_whether_it_sees_a_digit(client: httpx.Client, mnist: Mn
     outputs = {o["name"]: o for o in v2["outputs"]}
     assert outputs["is_digit"]["datatype"] == "BOOL"
     assert outputs["is_digit"]["data"] == [seen[0], False]
-    scored = client.post("/invocations", json={"inputs": [digits[0].tolist(), [0] * 784]}).json()
+    unit = [(digits[0] / 255).tolist(), [0.0] * 784]
+    scored = client.post("/invocations", json={"inputs": unit}).json()
     assert scored["predictions"]["is_digit"] == [seen[0], False]

@@ -42,6 +42,11 @@ ACCEPTED_P99_S = 0.5
 """Bound on the p99 of accepted requests under the flood, as a client sending one request
 at a time sees it: measured 42-51 ms at c=256 and 65-84 ms at c=1024 on a 2-core machine
 (57 ms and 105-165 ms without shedding); the bound leaves room for a busy CI machine."""
+CATCH_UP_S = 2.0
+"""Bound on the first request after a flood: the server still answers (mostly sheds) what
+the flood's connections had sent before they closed, measured 0.1 s after c=256 and
+0.5-0.9 s after c=1024 on a 2-core machine. Every request after it is answered at once."""
+AT_ONCE_S = 0.1
 RESULT = "shed-result "
 # wrk, one thread: POSTs the body, counts answers by status; done() prints them as JSON.
 SCRIPT = r"""
@@ -242,6 +247,10 @@ def test_overload_is_shed_at_once_and_accepted_requests_stay_quick(
         assert seen.socket_errors == 0, seen
         assert set(probes.statuses) <= {200, 503} and probes.accepted_s, probes.statuses
         assert p99(probes.accepted_s) < ACCEPTED_P99_S, (connections, p99(probes.accepted_s))
-        started = time.perf_counter()  # normal service the moment the load stops
+        started = time.perf_counter()  # normal service once the flood's backlog is answered
         status, _ = _post(f"{server.url}/predict", digit)
-        assert status == 200 and time.perf_counter() - started < 0.5
+        assert status == 200 and time.perf_counter() - started < CATCH_UP_S
+        for _ in range(5):
+            started = time.perf_counter()
+            status, _ = _post(f"{server.url}/predict", digit)
+            assert status == 200 and time.perf_counter() - started < AT_ONCE_S

@@ -195,7 +195,5 @@ def test_a_version_is_calibrated_and_carries_an_int8_copy(
     quantised.load()
     accuracy = (quantised.predict(pixels).argmax(1) == mnist.y_test).mean()
     assert accuracy == pytest.approx(int8["test_accuracy"], abs=1e-6)
-    import mlflow
-
-    run = mlflow.get_run(metadata["run_id"])
+    run = _client(trained_settings).get_run(metadata["run_id"])
     assert {"test_ece_calibrated", "int8_test_accuracy", "temperature"} <= set(run.data.metrics)

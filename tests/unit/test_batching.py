@@ -39,7 +39,8 @@ def _concurrently(
         model = Recording(0.0)
         answers = await asyncio.gather(*(batcher.predict(model, x) for x in inputs))
         await batcher.stop()
-        return answers, model.calls
+        assert all(a.is_digit.shape == (len(x),) for a, x in zip(answers, inputs, strict=True))
+        return [a.probabilities for a in answers], model.calls
 
     return asyncio.run(scenario())
 
@@ -76,7 +77,7 @@ def test_requests_for_different_versions_are_not_mixed() -> None:
         ]
         answers = await asyncio.gather(*jobs)
         await batcher.stop()
-        return answers, old, new
+        return [a.probabilities for a in answers], old, new
 
     answers, old, new = asyncio.run(scenario())
     assert [a[0, 0] for a in answers] == [100.0 if i % 2 else 200.0 for i in range(20)]
@@ -99,7 +100,8 @@ def test_request_larger_than_max_size_is_split_in_order() -> None:
         pixels = np.arange(20, dtype=np.float32)[:, None].repeat(784, axis=1)
         answer = await batcher.predict(model, pixels)
         await batcher.stop()
-        return answer, model.calls
+        assert answer.is_digit.shape == (20,)
+        return answer.probabilities, model.calls
 
     answer, calls = asyncio.run(scenario())
     assert calls == [8, 8, 4]

@@ -241,3 +241,22 @@ def test_drift_targets_read_the_run_time_and_the_slowest_targeted_shift() -> Non
     results.drift.rows.append(missed)
     assert figures(results)["drift_delay"] == float("inf")  # a miss never meets a target
     assert verdicts(results)["drift_delay"] is False
+
+
+def test_quality_sets_are_pictures_the_image_route_reads() -> None:
+    import numpy as np
+    from bench.quality import DIGIT_SETS, NOT_DIGIT_SETS
+
+    from mnistops.imaging import normalise_image
+
+    digit = np.zeros((28, 28))
+    digit[6:22, 12:16] = 1.0
+    rng = np.random.default_rng(0)
+    for name, make in DIGIT_SETS.items():
+        picture = make(digit, rng)
+        assert picture.ndim == 2 and picture.min() >= 0 and picture.max() <= 1, name
+        read = normalise_image(picture).reshape(28, 28)
+        assert read.sum() > 10, name  # the stroke survives the route
+    assert np.median(DIGIT_SETS["photo of grey paper, JPEG"](digit, rng)) > 0.5
+    for name, make_other in NOT_DIGIT_SETS.items():
+        assert make_other(rng).ndim == 2, name

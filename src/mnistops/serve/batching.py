@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mnistops.predictor import Predictor
+from mnistops.predictor import Answer, Predictor
 
 INLINE_IMAGES = 64
 """Batches up to this many images run on the event loop; larger ones in a thread."""
@@ -34,7 +34,7 @@ OnBatch = Callable[[int, list[float]], None]
 class _Job:
     predictor: Predictor
     pixels: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Answer]
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -70,8 +70,8 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
 
-    async def predict(self, predictor: Predictor, pixels: np.ndarray) -> np.ndarray:
-        """Probabilities for ``pixels`` from ``predictor``, batched with other requests.
+    async def predict(self, predictor: Predictor, pixels: np.ndarray) -> Answer:
+        """``predictor``'s answer for ``pixels``, batched with other requests.
 
         A request of more than ``max_size`` images is split into parts of ``max_size``
         (rather than run alone): ``max_size`` bounds every onnxruntime call, so one big
@@ -82,8 +82,9 @@ class MicroBatcher:
                 self.predict(predictor, pixels[start : start + self.max_size])
                 for start in range(0, len(pixels), self.max_size)
             ]
-            return np.concatenate(await asyncio.gather(*parts))
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+            answers = await asyncio.gather(*parts)
+            return Answer(*(np.concatenate(column) for column in zip(*answers, strict=True)))
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(predictor, pixels, future))
         return await future
 
@@ -143,9 +144,9 @@ class MicroBatcher:
         batch = np.concatenate([job.pixels for job in group])
         try:
             if len(batch) <= self.inline_images:
-                probs = group[0].predictor.predict(batch)
+                answer = group[0].predictor.answer(batch)
             else:
-                probs = await asyncio.to_thread(group[0].predictor.predict, batch)
+                answer = await asyncio.to_thread(group[0].predictor.answer, batch)
         except Exception as exc:  # noqa: BLE001 - handed to every waiting request
             for job in group:
                 if not job.future.done():
@@ -155,5 +156,5 @@ class MicroBatcher:
         for job in group:
             count = len(job.pixels)
             if not job.future.done():
-                job.future.set_result(probs[offset : offset + count])
+                job.future.set_result(answer.rows(offset, offset + count))
             offset += count

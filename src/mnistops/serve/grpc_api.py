@@ -139,9 +139,8 @@ class InferenceService:
         # raw contents always: the protocol's compact form, which every client reads
         wanted = tuple(RequestedOutput(o.name, True) for o in v2.wanted_outputs(inputs))
         request_id = new_request_id()  # the log's key, as on HTTP; the client's id is echoed
-        predictor, probs = await runtime.predict(inputs.pixels, request_id)
-        is_digit = predictor.is_digit(inputs.pixels, probs)
-        described, chunks = v2.output_tensors(wanted, probs, is_digit)
+        predictor, answer = await runtime.predict(inputs.pixels, request_id)
+        described, chunks = v2.output_tensors(wanted, *answer)
         output = MESSAGES["ModelInferResponse"].InferOutputTensor
         answer = MESSAGES["ModelInferResponse"](
             model_name=predictor.name,

@@ -270,8 +270,8 @@ async def invocations(request: Request) -> Response:
     except InputError as exc:
         return _refusal(exc)
     request_id = new_request_id()
-    predictor, probs = await runtime.predict(pixels, request_id)
-    answer = {OUTPUT_NAME: probs.tolist(), IS_DIGIT: predictor.is_digit(pixels, probs).tolist()}
+    _, (probs, is_digit) = await runtime.predict(pixels, request_id)
+    answer = {OUTPUT_NAME: probs.tolist(), IS_DIGIT: is_digit.tolist()}
     return json_response({PREDICTIONS: answer}, request_id=request_id)
 
 

@@ -69,8 +69,7 @@ async def predict(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     request_id = new_request_id()
     pixels = await predict_pixels(request, runtime.settings)
-    predictor, probs = await runtime.predict(pixels, request_id)
-    digits = predictor.is_digit(pixels, probs)
+    predictor, (probs, digits) = await runtime.predict(pixels, request_id)
     answer = _prediction(probs[0], digits[0])
     answer.update(model_name=predictor.name, model_version=predictor.version, request_id=request_id)
     if len(probs) > 1:

@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 
 from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
-from mnistops.predictor import Predictor
+from mnistops.predictor import Answer, Predictor
 from mnistops.serve.batching import MicroBatcher
 from mnistops.serve.models import ModelSlot
 
@@ -95,28 +95,28 @@ class Runtime:
         if self.monitor is not None:
             await asyncio.to_thread(self.monitor.stop)
 
-    async def predict(self, pixels: np.ndarray, request_id: str) -> tuple[Predictor, np.ndarray]:
+    async def predict(self, pixels: np.ndarray, request_id: str) -> tuple[Predictor, Answer]:
         """Run the current version on ``[N, 784]`` pixels and tell the monitor about it.
 
         Returns:
-            The predictor that answered (its version is the one to report) and
-            ``[N, 10]`` probabilities.
+            The predictor that answered (its version is the one to report) and its
+            answer: ``[N, 10]`` probabilities and ``[N]`` "is it a digit".
         """
         predictor = self.slot.current
         started = time.perf_counter()
         if self.batcher is not None:
-            probs = await self.batcher.predict(predictor, pixels)
+            answer = await self.batcher.predict(predictor, pixels)
         else:
-            probs = predictor.predict(pixels)
+            answer = predictor.answer(pixels)
         if self.monitor is not None:
             self.monitor.record(
                 request_ids=image_ids(request_id, len(pixels)),
                 pixels=pixels,
-                probabilities=probs,
+                probabilities=answer.probabilities,
                 latency_s=time.perf_counter() - started,
                 model_version=predictor.version,
             )
-        return predictor, probs
+        return predictor, answer
 
 
 async def get_runtime(request: Request) -> Runtime:

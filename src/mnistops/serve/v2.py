@@ -148,8 +148,8 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     wanted = wanted_outputs(inputs)
     sent = inputs.id
     request_id = new_request_id()  # the log's key and X-Request-ID; the client's id is echoed
-    predictor, probs = await runtime.predict(inputs.pixels, request_id)
-    outputs, chunks = output_tensors(wanted, probs, predictor.is_digit(inputs.pixels, probs))
+    predictor, said = await runtime.predict(inputs.pixels, request_id)
+    outputs, chunks = output_tensors(wanted, *said)
     answer = {
         "model_name": predictor.name,
         "model_version": predictor.version,

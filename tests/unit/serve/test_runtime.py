@@ -27,8 +27,8 @@ async def test_runtime_records_each_prediction_with_the_version_that_made_it(
     hook: MonitorHook = monitor  # the recording object satisfies the protocol
     settings = Settings(monitoring=False)
     runtime = Runtime(settings, ModelSlot(settings, MeanPixelPredictor(bundle)), hook)
-    predictor, probs = await runtime.predict(np.ones((2, 784), np.float32), "req")
-    assert predictor.version == "1" and probs.shape == (2, 10)
+    predictor, (probs, is_digit) = await runtime.predict(np.ones((2, 784), np.float32), "req")
+    assert predictor.version == "1" and probs.shape == (2, 10) and is_digit.shape == (2,)
     assert monitor.records == [
         {"request_ids": ["req-0", "req-1"], "images": 2, "digits": [9, 9], "model_version": "1"}
     ]

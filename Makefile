@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 LOCK = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev install-ui lock proto run ui test test-unit test-slow lint bench stress image stack clean help
+.PHONY: install install-dev install-ui install-spark lock proto run ui test test-unit test-slow lint bench stress image stack clean help
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -16,6 +16,8 @@ install: $(VENV)/.run  ## Create .venv with what running needs: training and ser
 install-dev: $(VENV)/.dev  ## Add the test, lint and benchmark tools to .venv (idempotent)
 
 install-ui: $(VENV)/.ui  ## Add the MLflow UI and tracking server to .venv (idempotent)
+
+install-spark: $(VENV)/.spark  ## Add pyspark to .venv, for `mnistops predict --engine spark` (idempotent)
 
 # Each set is installed from its lock (hash-pinned, resolved from PyPI alone), then the
 # project itself without dependencies: what is installed is exactly what was locked.
@@ -33,6 +35,7 @@ lock:  ## Re-resolve requirements/*.txt from pyproject.toml (PyPI, Python 3.11-3
 	$(LOCK) --extra serve --extra registry -o requirements/serve-registry.txt
 	$(LOCK) --extra train -o requirements/run.txt
 	$(LOCK) --extra train --extra ui -o requirements/ui.txt
+	$(LOCK) --extra train --extra spark -o requirements/spark.txt
 	$(LOCK) --extra dev -o requirements/dev.txt
 
 PROTOCOL := src/mnistops/serve/protocol

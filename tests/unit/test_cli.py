@@ -105,7 +105,7 @@ def test_corrupt_model_files_are_one_line(tmp_path: Path, free_port: int) -> Non
 
 def test_predict_on_a_missing_file_is_one_line(tmp_path: Path) -> None:
     line = one_line_error(runner.invoke(app, ["predict", str(tmp_path / "digit.png")]))
-    assert "cannot read" in line and "No such file or directory" in line
+    assert "nothing to score" in line and "digit.png: no such file or directory" in line
 
 
 def test_serve_on_a_taken_port_is_one_line(tmp_path: Path) -> None:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import enum
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mnistops.config import shown_default
+
+if TYPE_CHECKING:
+    from mnistops.batch.sources import Skipped
+
+
+ProgressStart = Callable[[int | None, int], Callable[[int], None]]
+"""Given (total images or None, images done), what to tell of each chunk's images."""
+
+
+class Engine(enum.StrEnum):
+    local = "local"
+    spark = "spark"
 
 
 def register(app: typer.Typer) -> None:
@@ -67,9 +82,13 @@ def serve(
 
 
 def predict(
-    files: Annotated[
-        list[Path],
-        typer.Argument(help="Images (.png, .jpg), or arrays (.npy, .npz) of 28x28 or 784 values."),
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Files, folders or glob patterns: .png/.jpg images, .npy/.npz arrays, "
+            "tar or zip archives of images, Parquet files (a column of images or pixels).",
+            show_default=False,
+        ),
     ],
     model: Annotated[
         str | None,
@@ -78,20 +97,125 @@ def predict(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Write a CSV (source, index, digit, confidence, p0..p9).",
+            help="Write scores to a .csv or .parquet file (source, index, digit, confidence, "
+            "is_digit, model_version, p0..p9), chunk by chunk.",
             show_default="print labels",
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per onnxruntime call.")] = 4096,
+    chunk_size: Annotated[
+        int, typer.Option(min=1, max=1 << 20, help="Images per onnxruntime call and per write.")
+    ] = 4096,
+    resume: Annotated[
+        bool, typer.Option(help="Skip the images an interrupted run already wrote to --out.")
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at the first input that cannot be read (else: skip it).")
+    ] = False,
+    column: Annotated[
+        str | None,
+        typer.Option(
+            help="The Parquet column to read.", show_default="image, pixels, ... or the first"
+        ),
+    ] = None,
+    engine: Annotated[
+        Engine, typer.Option(help="Score here, or on Apache Spark (--master).")
+    ] = Engine.local,
+    master: Annotated[
+        str, typer.Option(help="Spark's master URL (with --engine spark).")
+    ] = "local[*]",
+    progress: Annotated[
+        bool, typer.Option(help="A progress bar on a terminal.", show_default="on a terminal")
+    ] = True,
 ) -> None:
-    """Batch inference through the predictor: print labels, or write a CSV."""
-    from mnistops.batch import predict_files
+    """Batch scoring, streamed: print labels, or write a CSV or Parquet file as it goes."""
     from mnistops.config import load_settings
 
-    rows = predict_files(files, load_settings(model_uri=model), batch_size=batch_size)
+    settings = load_settings(model_uri=model)
+    if engine is Engine.spark:
+        from mnistops.batch.spark import predict_on_spark
+
+        if out is None:
+            raise typer.BadParameter(
+                "--engine spark writes its scores to --out", param_hint="--out"
+            )
+        if resume:
+            raise typer.BadParameter("Spark reruns failed tasks itself", param_hint="--resume")
+        written = predict_on_spark(inputs, settings, out=out, master=master, column=column)
+        typer.echo(f"scored {written} images on Spark ({master}); wrote {out}", err=True)
+        return
+    import signal
+
+    from mnistops.batch import predict_stream
+
+    # SIGTERM ends the run as Ctrl-C does: what was scored is written and closed
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def skipped(item: Skipped) -> None:
+        typer.echo(f"skipped {item}", err=True)
+
+    with _progress_bar(progress) as bar:
+        summary = predict_stream(
+            inputs,
+            settings,
+            out=out,
+            chunk=chunk_size,
+            resume=resume,
+            strict=strict,
+            column=column,
+            on_skipped=skipped,
+            progress=bar,
+        )
+    for line in summary.lines():
+        typer.echo(line, err=True)
     if out is not None:
-        rows.write_csv(out)
-        typer.echo(f"wrote {len(rows)} predictions to {out}")
-    else:
-        for source, index, digit, confidence in rows.labels():
-            typer.echo(f"{source}[{index}]\t{digit}\t{confidence:.4f}")
+        typer.echo(f"wrote {out}", err=True)
+    if summary.interrupted:
+        raise typer.Exit(130)
+    if summary.skipped:
+        raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _progress_bar(
+    wanted: bool,
+) -> Iterator[Callable[[int | None, int], Callable[[int], None]] | None]:
+    """A rich progress bar on standard error (images, rate, ETA) when it is a terminal."""
+    import sys
+
+    if not (wanted and sys.stderr.isatty()):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+
+        def start(total: int | None, done: int) -> Callable[[int], None]:
+            task = bar.add_task("scoring", total=total, completed=done, rate="")
+
+            def tell(images: int) -> None:
+                bar.advance(task, images)
+                speed = bar.tasks[task].speed
+                bar.update(task, rate=f"{speed:,.0f} images/s" if speed else "")
+
+            return tell
+
+        yield start

@@ -52,6 +52,8 @@ def report(results: Results, date: str | None = None) -> str:
         lines += _asgi_servers(results.servers)
     if results.batch:
         lines += _batch(results.batch, found)
+    if results.scoring:
+        lines += results.scoring.markdown()
     if results.peers:
         lines += _peers(results.peers, found)
     if results.workers:

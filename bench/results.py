@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bench.load import Load
+
+if TYPE_CHECKING:
+    from bench.scoring import ScoringResult
 
 # The servers of the serving suite, and its variants of mnistops: keys of ServingResult.
 MNISTOPS = "mnistops"
@@ -213,6 +217,7 @@ class Results:
     servers: dict[str, dict[str, Load]] = field(default_factory=dict)
     """The ASGI servers: medians by server, by load (``predict c=1``, ...)."""
     batch: BatchResult | None = None
+    scoring: ScoringResult | None = None
     peers: PeersResult | None = None
     workers: WorkersResult | None = None
     estimate: EstimateResult | None = None

@@ -40,7 +40,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import batch, drift, estimate, peers, serving, stress, training
+from bench import batch, drift, estimate, peers, scoring, serving, stress, training
 from bench.report import report
 from bench.results import Results
 from bench.targets import PEER_TARGET_SERVERS, verdicts
@@ -48,7 +48,17 @@ from bench.workspace import BENCH, WORK, log
 
 RESULTS = BENCH / "results.md"
 STRESS = BENCH / "stress.md"
-SUITES = ("training", "serving", "servers", "batch", "peers", "workers", "estimate", "drift")
+SUITES = (
+    "training",
+    "serving",
+    "servers",
+    "batch",
+    "scoring",
+    "peers",
+    "workers",
+    "estimate",
+    "drift",
+)
 ASGI_REPEATS = 2
 BATCH_REPEATS = 5
 
@@ -62,6 +72,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="*",
         default=list(training.RECIPES),
         help="recipes timed beside the lab's MLP (default: fast cnn)",
+    )
+    parser.add_argument(
+        "--scoring-images", type=int, default=scoring.IMAGES, help="images of the scoring suite"
+    )
+    parser.add_argument(
+        "--scoring-pngs", type=int, default=scoring.PNG_IMAGES, help="of them as PNG files"
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="each wrk run")
     parser.add_argument("--repeats", type=int, default=3, help="alternated A/B rounds")
@@ -89,6 +105,8 @@ def run_suites(args: argparse.Namespace) -> Results:
         results.servers = serving.bench_asgi_servers(args.seconds, ASGI_REPEATS)
     if "batch" in args.only:
         results.batch = batch.bench_batch(BATCH_REPEATS)
+    if "scoring" in args.only:
+        results.scoring = scoring.bench_scoring(args.scoring_images, args.scoring_pngs)
     if "peers" in args.only:
         results.peers = peers.bench_peers(args.seconds, args.repeats)
     if "workers" in args.only:

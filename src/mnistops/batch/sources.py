@@ -101,7 +101,7 @@ def expand(arguments: Iterable[str]) -> tuple[list[Input], list[Skipped], int]:
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            found, passed = _walk(path)
+            found, passed = _typed(_walk(path))
         elif path.exists() or not _GLOB & set(argument):
             one = as_input(path)
             if isinstance(one, Skipped):
@@ -110,7 +110,7 @@ def expand(arguments: Iterable[str]) -> tuple[list[Input], list[Skipped], int]:
                 inputs.append(one)
             continue
         else:
-            found, passed = _matches(argument)
+            found, passed = _typed(_matches(argument))
             if not found and not passed:
                 skipped.append(Skipped(argument, "matches no file"))
         inputs.extend(found)
@@ -147,33 +147,28 @@ def _kind(path: Path) -> type[Input] | None:
     return None
 
 
-def _walk(folder: Path) -> tuple[list[Input], int]:
-    found: list[Input] = []
-    passed = 0
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every file below ``folder``, in name order, hidden ones left out."""
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            path = Path(root, name)
-            kind = _kind(path)
-            if kind is None:
-                passed += 1
-            else:
-                found.append(kind(path))
-    return found, passed
+        yield from (Path(root, name) for name in sorted(files) if not name.startswith("."))
 
 
-def _matches(pattern: str) -> tuple[list[Input], int]:
-    found: list[Input] = []
-    passed = 0
+def _matches(pattern: str) -> Iterator[Path]:
+    """Every file a glob pattern names, folders walked."""
     for name in sorted(glob.glob(pattern, recursive=True)):  # noqa: PTH207 - absolute patterns too
         path = Path(name)
         if path.is_dir():
-            inside, passed_inside = _walk(path)
-            found.extend(inside)
-            passed += passed_inside
-            continue
+            yield from _walk(path)
+        else:
+            yield path
+
+
+def _typed(paths: Iterable[Path]) -> tuple[list[Input], int]:
+    """The readers of the files of an accepted type, and how many others there were."""
+    found: list[Input] = []
+    passed = 0
+    for path in paths:
         kind = _kind(path)
         if kind is None:
             passed += 1

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     that a client that sends its whole body before reading sees the 413)."""
     max_header_bytes: int = Field(default=32 << 10, ge=1024)
     """Largest request line and headers together (431 and the connection closed above)."""
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """How long a connection may take to send a request's line and headers, counted from
+    the connection's opening or the end of its previous answer: an idle keep-alive
+    connection is then closed, a half-sent head is answered 408 (slow or idle clients
+    cannot hold the descriptors)."""
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    """Longest pause while a request's body arrives; past it the request is answered 408."""
     max_in_flight: int = Field(default=128, ge=0)
     """Requests answered at once, waiting for the model included; past it a request gets
     503 with Retry-After at once (load shedding). Health and /metrics are never shed; 0
@@ -70,8 +77,9 @@ class Settings(BaseSettings):
     request is answered 503 and its connection closed: a backstop for descriptors."""
     max_batch_images: int = 256
     """Most images one request may carry."""
-    max_image_pixels: int = 40_000_000
-    """Largest decoded image, in pixels (decompression-bomb guard)."""
+    max_image_pixels: int = 2048 * 2048
+    """Largest image decoded, in pixels (413 above, checked before decoding): a digit
+    needs 28x28. A JPEG is decoded at a reduced scale first, so a phone photo fits."""
     batching: bool = True
     """Gather concurrent requests into one onnxruntime call."""
     batch_max_size: int = 64

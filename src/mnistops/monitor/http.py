@@ -6,11 +6,11 @@ The routes do HTTP only; the monitor they are handed does the work, in a worker 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Header, HTTPException
@@ -25,6 +25,7 @@ from mnistops.ids import issued_at
 JSON = "application/json"
 PAGE = Path(__file__).with_name("static") / "monitor.html"
 TAG = "monitoring"
+T = TypeVar("T")
 
 
 class DriftAndFeedback(Protocol):
@@ -35,6 +36,8 @@ class DriftAndFeedback(Protocol):
     def summary(self) -> dict[str, Any]: ...
 
     def record_feedback(self, request_id: str, label: int) -> dict[str, Any]: ...
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T: ...
 
 
 @functools.cache
@@ -73,13 +76,13 @@ def monitor_router(monitor: DriftAndFeedback, settings: Settings) -> APIRouter:
         """What the live page shows: totals so far (requests, errors, latency histogram,
         CPU, memory, predictions by digit, confidence, feedback), the drift verdict and
         the reference digit shares."""
-        answer = await asyncio.to_thread(monitor.summary)
+        answer = await monitor.in_thread(monitor.summary)
         return Response(orjson.dumps(answer), media_type=JSON)
 
     @router.get("/monitoring/drift")
     async def drift() -> Response:
         """The drift verdict, and each test's score, effect and window, since the previous one."""
-        status = await asyncio.to_thread(monitor.drift_status)
+        status = await monitor.in_thread(monitor.drift_status)
         return Response(orjson.dumps(status), media_type=JSON)
 
     @router.post(
@@ -104,7 +107,7 @@ def monitor_router(monitor: DriftAndFeedback, settings: Settings) -> APIRouter:
                 f"{settings.feedback_max_age_s:.0f} s (MNISTOPS_FEEDBACK_MAX_AGE_S)",
             )
         try:
-            answer = await asyncio.to_thread(monitor.record_feedback, body.request_id, body.label)
+            answer = await monitor.in_thread(monitor.record_feedback, body.request_id, body.label)
         except KeyError as exc:
             raise HTTPException(404, unknown) from exc
         except AlreadyLabelledError as exc:

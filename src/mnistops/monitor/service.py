@@ -1,13 +1,19 @@
 """The Monitor: what the serving process calls after each prediction, and asks for state.
 
-``record`` runs on the request path: it appends to a bounded deque. All the monitoring
-work (per-image features, model and input metrics, the drift window and its tests,
-feedback and live accuracy, the prediction log) runs in a child process (``worker.py``),
-so it never competes with request handling for the interpreter lock. A link thread ships
-what accumulated every ``TICK_SECONDS`` as one ``Predictions`` message. ``/metrics``,
-``/monitoring/drift`` and ``/feedback`` ask the child, after it has processed everything
-sent before the question; if the child dies it is started again and the predictions it
-lost are counted (``mnistops_monitor_dropped_total``).
+``record`` runs on the request path: it appends to a deque bounded by images. All the
+monitoring work (per-image features, model and input metrics, the drift window and its
+tests, feedback and live accuracy, the prediction log) runs in a child process
+(``worker.py``), so it never competes with request handling for the interpreter lock. A
+link thread ships what accumulated every ``TICK_SECONDS`` as ``Predictions`` messages.
+``/metrics``, ``/monitoring/drift`` and ``/feedback`` ask the child, after it has
+processed everything sent before the question; if the child dies it is started again and
+the predictions it lost are counted (``mnistops_monitor_dropped_total``).
+
+Only the link thread writes to the pipe. A question joins the queue behind the
+predictions recorded before it and its asker waits for the reply for a bounded time, so a
+monitor process that stalls (stopped, swapping, a full pipe) costs an asker its timeout
+and never more: ``/metrics`` then serves the last state it had. The askers wait in the
+Monitor's own few threads (``in_thread``), never in the pool the routes share.
 
 With several workers (``mnistops serve --workers N``) the supervisor owns the monitor
 process and each worker's Monitor connects to it (``address``) instead of starting one;
@@ -16,18 +22,20 @@ if it dies the supervisor starts it again and the workers connect again.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import logging
 import multiprocessing
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -53,8 +61,10 @@ from mnistops.monitor.worker import FEEDBACK_WAIT_S, MonitorAddress, run_monitor
 
 log = logging.getLogger("mnistops.monitor")
 
-PENDING_LIMIT = 20_000
-"""Recorded batches waiting to be shipped; beyond it they are counted and skipped."""
+PENDING_IMAGES = 16_384
+"""Recorded images waiting to be shipped (about 52 MB of pixels and probabilities); past
+it a model call's images are counted as dropped and skipped. Counted in images, not
+calls: a call carries up to 256 of them."""
 SHIP_MAX_IMAGES = 256
 """Most images in one ``Predictions`` message: building and pickling one holds the
 interpreter lock, and a backlog shipped whole (30 MB) held it for 70-130 ms."""
@@ -75,6 +85,13 @@ LINK_JOIN_S = 10.0
 STOPPED_WAIT_S = 15.0
 """How long ``stop`` waits for the monitor process to flush the prediction log."""
 PROCESS_JOIN_S = 5.0
+ASKING_THREADS = 4
+"""Threads that wait for the monitor process's answers (``in_thread``): a stalled monitor
+holds these, never the threads the routes share."""
+
+T = TypeVar("T")
+Question = StatusRequest | GiveFeedback
+Queued = ModelCall | Question | SwitchModel
 
 
 def _digit_shares(bundle: ModelBundle) -> list[float]:
@@ -139,8 +156,17 @@ class Monitor:
         """The shared monitor process to connect to (None: start one of our own)."""
         self._lost = threading.Event()
         """Set when the connection to a shared monitor process ended."""
-        self._pending: collections.deque[ModelCall] = collections.deque()
+        self._pending: collections.deque[Queued] = collections.deque()
+        """Model calls, questions and switches in the order they happened; only the link
+        thread takes from it and sends."""
+        self._recorded_images = 0
+        self._shipped_images = 0
+        """Images taken off the queue; with ``_recorded_images``, what is pending."""
+        self._wake = threading.Event()
+        """Set when a question or switch is queued: the link sends it without a tick's wait."""
         self._send_lock = threading.Lock()
+        """Held while a message is written (the link thread's, and ``stop``'s)."""
+        self._askers = ThreadPoolExecutor(ASKING_THREADS, thread_name_prefix="monitor-ask")
         self._replies = _Replies()
         self._stop = threading.Event()
         self._stopped = threading.Event()
@@ -168,30 +194,44 @@ class Monitor:
 
     def stop(self) -> None:
         """Ship what is pending, let the monitor process flush the log, and stop it (a
-        shared one is the supervisor's to stop: only let go of it)."""
+        shared one is the supervisor's to stop: only let go of it). A monitor process that
+        does not take what is sent within ``LINK_JOIN_S`` is terminated."""
         self._stop.set()
+        self._wake.set()
+        self._askers.shutdown(wait=False, cancel_futures=True)
         if self._link.is_alive():
-            self._link.join(LINK_JOIN_S)
-        with self._send_lock:
-            self._ship_locked()
-            if self._address is not None:
-                if self._conn is not None:
-                    self._conn.close()
-                return
-            self._send_locked(Stop())
-        self._stopped.wait(STOPPED_WAIT_S)
+            self._link.join(LINK_JOIN_S)  # it ships what is pending, then ends
+        stalled = self._link.is_alive()
+        if not stalled:
+            with self._send_lock:
+                self._ship_pending()
+                if self._address is None:
+                    self._send_locked(Stop())
+        if self._address is not None:
+            if self._conn is not None:
+                self._conn.close()
+            return
+        if not stalled:
+            self._stopped.wait(STOPPED_WAIT_S)
         if self._process is not None:
-            self._process.join(PROCESS_JOIN_S)
+            self._process.join(0 if stalled else PROCESS_JOIN_S)
             if self._process.is_alive():
+                log.warning("monitor process did not stop: terminating it")
                 self._process.terminate()
+                self._process.join(PROCESS_JOIN_S)
 
     def set_model(self, bundle: ModelBundle) -> None:
-        """A new version is served: the monitor process takes its reference profile."""
+        """A new version is served: the monitor process takes its reference profile (after
+        the predictions recorded before the switch)."""
         self._bundle = bundle
         self._since = time.time()
-        with self._send_lock:
-            self._ship_locked()
-            self._send_locked(SwitchModel(bundle.path))
+        self._pending.append(SwitchModel(bundle.path))
+        self._wake.set()
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in one of the Monitor's own threads (for the routes: a question
+        to a stalled monitor process never holds a thread of the pool they share)."""
+        return await asyncio.get_running_loop().run_in_executor(self._askers, fn, *args)
 
     def _connect(self, timeout: float) -> bool:
         """Connect to the shared monitor process, trying for up to ``timeout`` seconds."""
@@ -244,20 +284,23 @@ class Monitor:
         model_version: str,
     ) -> None:
         """Note the predictions of one model call; the monitor process does the work."""
-        if len(self._pending) >= PENDING_LIMIT:
-            metrics.OBSERVE_DROPPED.inc(len(pixels))
+        images = len(request_ids)
+        if self._recorded_images - self._shipped_images + images > PENDING_IMAGES:
+            metrics.OBSERVE_DROPPED.inc(images)
             return
+        self._recorded_images += images  # the request path runs on one thread: the loop's
         self._pending.append(
             ModelCall(request_ids, pixels, probabilities, latency_s, model_version)
         )
 
     # --- the link to the monitor process ---------------------------------------------
     def _run_link(self) -> None:
-        while not self._stop.wait(TICK_SECONDS):
+        while not self._stop.is_set():
+            self._wake.wait(TICK_SECONDS)
+            self._wake.clear()
             self._restart_if_ended()
-            while self._pending and not self._stop.is_set():
-                with self._send_lock:  # let go between slices: a status question gets in
-                    self._ship_slice_locked()
+            with self._send_lock:
+                self._ship_pending()
 
     def _restart_if_ended(self) -> None:
         if self._address is not None:
@@ -275,21 +318,30 @@ class Monitor:
         with self._send_lock:
             self._spawn()
 
-    def _ship_locked(self) -> None:
-        while self._pending:
-            self._ship_slice_locked()
-
-    def _ship_slice_locked(self) -> None:
+    def _ship_pending(self) -> None:
+        """Send what is queued, in order: model calls gathered into ``Predictions`` of at
+        most ``SHIP_MAX_IMAGES``, each question and switch as itself (with the send lock)."""
         parts: list[ModelCall] = []
         images = 0
-        while self._pending and images < SHIP_MAX_IMAGES:
-            parts.append(self._pending.popleft())
-            images += len(parts[-1].request_ids)
+        while self._pending:
+            item = self._pending.popleft()
+            if isinstance(item, ModelCall):
+                parts.append(item)
+                images += len(item.request_ids)
+                if images < SHIP_MAX_IMAGES:
+                    continue
+            self._ship_calls(parts, images)
+            parts, images = [], 0
+            if not isinstance(item, ModelCall):
+                self._send_locked(item)
+        self._ship_calls(parts, images)
+
+    def _ship_calls(self, parts: list[ModelCall], images: int) -> None:
         if not parts:
             return
-        batch = Predictions.of_calls(parts)
-        if not self._send_locked(batch):
-            metrics.OBSERVE_DROPPED.inc(len(batch))
+        self._shipped_images += images
+        if not self._send_locked(Predictions.of_calls(parts)):
+            metrics.OBSERVE_DROPPED.inc(images)
 
     def _send_locked(self, message: ToMonitor) -> bool:
         if self._conn is None:
@@ -316,13 +368,14 @@ class Monitor:
             self._lost.set()
 
     # --- questions to the monitor process ---------------------------------------------
-    def _ask(self, question: StatusRequest | GiveFeedback, timeout: float) -> Reply | None:
-        """Send ``question`` after every prediction recorded so far; its reply, or None if
-        none comes within ``timeout``."""
-        with self._send_lock:
-            self._ship_locked()
-            sent = self._send_locked(question)
-        reply = self._replies.wait(question.seq, timeout) if sent else None
+    def _ask(self, question: Question, timeout: float) -> Reply | None:
+        """Queue ``question`` behind every prediction recorded so far; its reply, or None
+        if none comes within ``timeout`` (or there is no monitor process to ask)."""
+        if self._conn is None:
+            return None
+        self._pending.append(question)
+        self._wake.set()
+        reply = self._replies.wait(question.seq, timeout)
         if reply is None:
             log.warning("monitor process did not answer within %s s", timeout)
         return reply

@@ -96,7 +96,7 @@ async def reload(runtime: RuntimeDep) -> Response:
 async def metrics(runtime: RuntimeDep) -> Response:
     if runtime.monitor is None:
         return Response(MONITORING_OFF, media_type="text/plain")
-    body = await asyncio.to_thread(runtime.monitor.render_metrics)
+    body = await runtime.monitor.in_thread(runtime.monitor.render_metrics)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

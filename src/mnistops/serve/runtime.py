@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol, TypeVar
 
 import numpy as np
 from fastapi import Depends, Request
@@ -15,6 +15,8 @@ from mnistops.config import Settings
 from mnistops.predictor import Answer, Predictor
 from mnistops.serve.batching import MicroBatcher
 from mnistops.serve.models import ModelSlot
+
+T = TypeVar("T")
 
 
 class MonitorHook(Protocol):
@@ -42,6 +44,9 @@ class MonitorHook(Protocol):
 
     def render_metrics(self) -> bytes:
         """The Prometheus exposition text of the whole service (blocking)."""
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a thread of the monitor's own (its questions can wait)."""
 
 
 def image_ids(request_id: str, count: int) -> list[str]:

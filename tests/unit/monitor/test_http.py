@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -24,6 +24,7 @@ from mnistops.monitor.predlog import FeedbackStore, make_engine, meta, now, pred
 
 pytestmark = pytest.mark.unit
 real_time = time.time
+T = TypeVar("T")
 DRIFT = {"checked": True, "drift": False, "threshold": 5e-5, "tests": {}}
 
 
@@ -44,6 +45,9 @@ class SmallMonitor:
             return self.feedback.record(request_id, label)
         except SQLAlchemyError as exc:  # as the monitor process answers it
             raise MonitorUnavailableError(str(exc)) from exc
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
 
 
 @pytest.fixture
@@ -142,6 +146,9 @@ class Untouchable:
 
     def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
         raise AssertionError(f"asked about {request_id!r}")
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
 
 
 def _untouched(body: object, settings: Settings) -> httpx.Response:

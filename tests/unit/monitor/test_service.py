@@ -4,6 +4,8 @@ and what it answers when the process is absent."""
 from __future__ import annotations
 
 import multiprocessing
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +60,7 @@ def test_set_model_ships_what_was_recorded_before_the_switch(
     _record(monitor, first)
     _record(monitor, second)
     monitor.set_model(ModelBundle(path=tmp_path / "v2", name="tiny-service", version="2"))
+    monitor._ship_pending()  # what the link thread does at its next tick
     shipped, switch = child.recv(), child.recv()
     server.close()
     child.close()
@@ -67,14 +70,49 @@ def test_set_model_ships_what_was_recorded_before_the_switch(
     assert switch == SwitchModel(tmp_path / "v2")
 
 
-def test_records_beyond_the_pending_limit_are_counted_not_kept(
+def test_records_beyond_the_pending_limit_of_images_are_counted_not_kept(
     monitor: Monitor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service, "PENDING_LIMIT", 1)
+    monkeypatch.setattr(service, "PENDING_IMAGES", 4)
     before = _dropped()
     _record(monitor, traffic(1, 2))
-    _record(monitor, traffic(2, 3))
+    _record(monitor, traffic(2, 3))  # 5 images would be pending: refused whole
+    _record(monitor, traffic(3, 2))  # 4: kept
     assert _dropped() - before == 3
+    assert [len(call.request_ids) for call in monitor._pending] == [2, 2]  # type: ignore[union-attr]
+
+
+def test_a_stalled_monitor_process_costs_an_asker_its_timeout_and_no_more(
+    monitor: Monitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A monitor process that stops reading (SIGSTOP, swapping) fills the pipe and the link
+    thread's write blocks; /metrics must still answer within its timeout (the last state)
+    and recording must not block."""
+    monkeypatch.setattr(service, "STATUS_TIMEOUT_S", 0.3)
+    server, child = multiprocessing.get_context("spawn").Pipe()
+    monitor._conn = server  # nobody reads `child`: a stalled process
+    monitor._link.start()
+    try:
+        for seed in range(4):  # a megabyte each: far more than a pipe holds
+            _record(monitor, traffic(seed, 256))
+        time.sleep(0.3)  # the link thread is now blocked writing
+        answered: list[bytes] = []
+        asker = threading.Thread(target=lambda: answered.append(monitor.render_metrics()))
+        started = time.monotonic()
+        asker.start()
+        asker.join(5)
+        assert not asker.is_alive(), "the asker is stuck behind the stalled pipe"
+        assert time.monotonic() - started < 2
+        assert answered and b"mnistops" in answered[0]
+        started = time.monotonic()
+        _record(monitor, traffic(9, 2))
+        assert time.monotonic() - started < 0.1
+    finally:
+        monitor._stop.set()
+        child.close()  # the blocked write fails; the link thread ends
+        monitor._link.join(5)
+        server.close()
+    assert not monitor._link.is_alive()
 
 
 def test_without_a_monitor_process_the_drift_status_says_nothing_was_checked(

@@ -3,10 +3,11 @@ called through httpx's ASGI transport (no server, no model, no network)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -67,6 +68,9 @@ def write_bundle(folder: Path, version: str = "1") -> ModelBundle:
     return load_bundle(folder)
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class RecordingMonitor:
     """A monitoring hook (``runtime.MonitorHook``) that keeps what it was told."""
@@ -105,6 +109,9 @@ class RecordingMonitor:
 
     def render_metrics(self) -> bytes:
         return b"# recorded metrics\n"
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
 
 
 @pytest.fixture

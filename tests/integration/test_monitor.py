@@ -186,3 +186,49 @@ def test_killed_monitor_process_is_restarted_and_serving_never_stops(
         assert 50 <= _predictions_total(metrics) + dropped <= 150
         assert client.get("/monitoring/drift").status_code == 200
         assert "monitor process ended" in srv.log()
+
+
+def test_a_stopped_monitor_process_never_holds_up_serving(
+    trained_bundle: Any, mnist: Mnist, tmp_path: Path
+) -> None:
+    """SIGSTOP the monitor process: /metrics gives up on it after its timeout and serves the
+    last state, predictions (a 100-image batch among them) are answered at once, and
+    when it goes on again everything recorded meanwhile arrives or is counted dropped."""
+    with run_server(str(trained_bundle.path), free_port(), tmp_path) as srv:
+        client = srv.client()
+        for i in range(20):
+            client.post("/predict", json={"image": mnist.x_test[i].tolist()}).raise_for_status()
+        assert _predictions_total(client.get("/metrics").text) == 20
+        monitor = _monitor_pid(srv.process.pid)
+        os.kill(monitor, signal.SIGSTOP)
+        try:
+            batch = {"images": mnist.x_test[:100].tolist()}
+            for _ in range(40):  # several MB of pixels: more than the pipe holds
+                client.post("/predict", json=batch).raise_for_status()
+            timings = []
+            for _ in range(3):
+                started = time.monotonic()
+                scrape = client.get("/metrics", timeout=10)
+                timings.append(time.monotonic() - started)
+                assert scrape.status_code == 200 and "mnistops_" in scrape.text
+            started = time.monotonic()
+            client.post("/predict", json=batch).raise_for_status()
+            batch_took = time.monotonic() - started
+            drift = client.get("/monitoring/drift", timeout=15)
+        finally:
+            os.kill(monitor, signal.SIGCONT)
+        assert max(timings) < 2, timings  # its timeout is 0.5 s
+        assert batch_took < 2
+        assert drift.status_code == 200
+        expected = 20 + 41 * 100
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            metrics = client.get("/metrics").text
+            dropped = sum(
+                float(v)
+                for v in re.findall(r"^mnistops_monitor_dropped_total (\S+)$", metrics, re.M)
+            )
+            if _predictions_total(metrics) + dropped >= expected:
+                break
+            time.sleep(0.5)
+        assert _predictions_total(metrics) + dropped == expected

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnistops.errors import MnistopsError
+from mnistops.features import FEATURE_NAMES, NUM_CLASSES
 
 log = logging.getLogger("mnistops")
 
@@ -35,6 +36,8 @@ ONNX_FILE = "model.onnx"
 REFERENCE_FILE = "reference.npz"
 METADATA_FILE = "metadata.json"
 BUNDLE_FILES = (ONNX_FILE, REFERENCE_FILE, METADATA_FILE)
+MIN_REFERENCE_ROWS = 10
+"""Fewer held-out rows than this make no reference for a two-sample test."""
 INT8_FILE = "model.int8.onnx"
 OPTIONAL_FILES = (INT8_FILE,)
 """Files a bundle may hold besides :data:`BUNDLE_FILES`: the INT8 copy of the model."""
@@ -102,18 +105,53 @@ class ReferenceProfile:
         """
         try:
             with np.load(path, allow_pickle=False) as data:
-                return cls(
+                profile = cls(
                     feature_names=tuple(str(n) for n in data["feature_names"]),
                     features=data["features"],
                     probabilities=data["probabilities"],
                     labels=data["labels"],
                     drift=_stored_drift_calibration(data),
                 )
+            _check_profile(profile)
+            return profile
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise BundleError(
                 f"{path} is not a reference profile ({exc}); "
                 "write the folder again with `mnistops export`"
             ) from exc
+
+
+def _check_profile(profile: ReferenceProfile) -> None:
+    """Refuse a profile whose arrays do not fit together: the monitor process would fail on
+    every message (a crash loop behind a server that says it is ready).
+
+    Raises:
+        ValueError: what does not fit.
+    """
+    rows, columns = len(profile.labels), len(profile.feature_names)
+    if profile.feature_names != FEATURE_NAMES:
+        raise ValueError(
+            f"its features ({', '.join(profile.feature_names)}) are not the ones the "
+            f"monitor computes ({', '.join(FEATURE_NAMES)})"
+        )
+    if rows < MIN_REFERENCE_ROWS:
+        raise ValueError(f"it has {rows} rows; the drift tests need at least {MIN_REFERENCE_ROWS}")
+    expected = {
+        "features": (rows, columns),
+        "probabilities": (rows, NUM_CLASSES),
+        "labels": (rows,),
+    }
+    for name, shape in expected.items():
+        array = getattr(profile, name)
+        if array.shape != shape:
+            raise ValueError(f"its {name} are {array.shape}, not {shape}")
+        if array.dtype.kind not in "iuf" or not np.isfinite(array).all():
+            raise ValueError(f"its {name} are not all finite numbers")
+    probabilities, labels = profile.probabilities, profile.labels
+    if probabilities.min() < 0 or probabilities.max() > 1:
+        raise ValueError("its probabilities are not all in [0, 1]")
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES or (labels != labels.round()).any():
+        raise ValueError(f"its labels are not all digits 0-{NUM_CLASSES - 1}")
 
 
 def _stored_drift_calibration(data: Any) -> DriftCalibration | None:

@@ -115,12 +115,23 @@ def now() -> datetime:
 
 
 class _Store:
-    """An engine on the prediction log's database, created on first use, and its tables."""
+    """An engine on the prediction log's database, created on first use, and its tables.
+
+    A SQLite file deleted or replaced under a running service would go on being "written":
+    its open connections hold the deleted file, and every row would go into the void while
+    counted as written. Before each use the file is checked to be the one opened (one
+    ``stat``); when it is not, the connections are closed and a new file with the tables
+    is made where the old one was.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._engine: sa.Engine | None = None
         self._schema_ready = False
+        self._file = _sqlite_file(url)
+        """The SQLite database file (None: another database, or SQLite in memory)."""
+        self._opened: tuple[int, int] | None = None
+        """The device and inode of the file the tables were made in."""
 
     def connect(self) -> None:
         """Create the engine (no connection is made until the first statement)."""
@@ -133,13 +144,36 @@ class _Store:
             self._engine.dispose()
 
     def _ready_engine(self) -> sa.Engine:
-        """The engine, once the tables exist."""
+        """The engine, once the tables exist (in the file where they are expected)."""
         self.connect()
         assert self._engine is not None
+        if self._schema_ready and self._file is not None and _identity(self._file) != self._opened:
+            log.warning("%s was deleted or replaced: starting a new one", self._file)
+            self._engine.dispose()
+            self._schema_ready = False
         if not self._schema_ready:
             meta.create_all(self._engine)
             self._schema_ready = True
+            if self._file is not None:
+                self._opened = _identity(self._file)
         return self._engine
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for another database or SQLite in memory)."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """A file's device and inode (None when there is no such file)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 class FeedbackStore(_Store):

@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
@@ -179,6 +180,35 @@ def test_the_loop_ends_when_the_serving_process_is_gone(settings: Settings) -> N
 def test_the_log_of_a_home_folder_not_made_yet_gets_its_rows(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "not" / "made")
     assert len(_logged(settings, traffic(4, 3, prefix="home"))) == 3
+
+
+def _rows_in(url: str) -> list[str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as db:
+            return [r.request_id for r in db.execute(sa.select(predictions.c.request_id))]
+    except sa.exc.OperationalError:  # no table: a new, empty file
+        return []
+    finally:
+        engine.dispose()
+
+
+def test_a_deleted_log_file_is_made_again_rather_than_written_into_the_void(
+    settings: Settings,
+) -> None:
+    core = MonitorCore(settings, "tiny-deleted", "1", profile())
+    core.log.start()
+    core.handle(traffic(1, 3, prefix="before"))
+    deadline = time.monotonic() + 10
+    while len(_rows_in(settings.prediction_log)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    database = Path(sa.make_url(settings.prediction_log).database or "")
+    for path in database.parent.glob(f"{database.name}*"):  # with its -wal and -shm
+        path.unlink()
+    after = traffic(2, 4, prefix="after")
+    core.handle(after)
+    core.log.stop()
+    assert _rows_in(settings.prediction_log) == list(after.request_ids)
 
 
 def test_feedback_on_a_prediction_counts_and_an_unknown_id_is_refused(

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageDraw
+from PIL import ExifTags, Image, ImageDraw
 
+from mnistops.config import Settings
 from mnistops.features import image_features
 from mnistops.imaging import (
+    WORKING_SIDE,
     InputError,
     decode_image,
     image_to_pixels,
@@ -127,3 +129,111 @@ def test_a_photo_on_unevenly_lit_grey_paper_is_read_like_the_clean_digit() -> No
     # the same ink, placed the same way: no paper counted as ink
     ink, wanted = got > 0.5, expected > 0.5
     assert (ink & wanted).sum() / (ink | wanted).sum() > 0.9
+
+
+DEFAULT_CAP = Settings().max_image_pixels
+
+
+def _encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _pencil_seven(size: tuple[int, int]) -> Image.Image:
+    """A pencil "7" on lit grey paper, drawn at ``size`` (width, height)."""
+    width, height = size
+    unit = min(width, height) / 100
+    canvas = Image.new("L", size, 200)
+    draw = ImageDraw.Draw(canvas)
+    top, left = (height - 80 * unit) / 2, (width - 50 * unit) / 2
+    corner = (left + 50 * unit, top)
+    draw.line([(left, top), corner], fill=90, width=round(8 * unit))
+    draw.line([corner, (left + 15 * unit, top + 80 * unit)], fill=90, width=round(8 * unit))
+    return canvas
+
+
+def _ink_agreement(got: np.ndarray, expected: np.ndarray) -> float:
+    """Intersection over union of the pixels that are clearly ink."""
+    ink, wanted = got > 0.5, expected > 0.5
+    return float((ink & wanted).sum() / (ink | wanted).sum())
+
+
+def test_a_tiny_png_of_a_huge_one_bit_image_is_refused_before_decoding() -> None:
+    data = _encoded(Image.new("1", (6300, 6300)), "PNG")
+    assert len(data) < 10_000  # a few KB that would decode to 40 million pixels
+    with pytest.raises(InputError) as excinfo:
+        image_to_pixels(data, DEFAULT_CAP)
+    assert excinfo.value.http_status == 413 and "6300x6300" in str(excinfo.value)
+
+
+def test_a_phone_sized_jpeg_is_decoded_reduced_and_read_right() -> None:
+    photo = _pencil_seven((4000, 3000))
+    noise = np.random.default_rng(0).normal(0, 4, (3000, 4000))
+    photo = Image.fromarray(np.clip(np.asarray(photo) + noise, 0, 255).astype(np.uint8))
+    data = _encoded(photo.convert("RGB"), "JPEG", quality=90)
+    gray = decode_image(data, DEFAULT_CAP)
+    assert max(gray.shape) <= WORKING_SIDE
+    expected = image_to_pixels(_encoded(_pencil_seven((400, 300)), "PNG"), DEFAULT_CAP)
+    assert _ink_agreement(image_to_pixels(data, DEFAULT_CAP), expected) > 0.85
+
+
+def test_a_large_png_is_reduced_to_the_working_side_keeping_its_aspect() -> None:
+    gray = decode_image(_encoded(_pencil_seven((1800, 1200)), "PNG"), DEFAULT_CAP)
+    assert gray.shape == (300, 450)  # 4x4 blocks: the smallest whole factor that fits
+
+
+def test_a_sixteen_bit_png_reads_as_its_eight_bit_version() -> None:
+    eight = np.asarray(_pencil_seven((120, 100)))
+    sixteen = Image.fromarray(eight.astype(np.uint16) * 257)  # 0-65535, as a scanner writes
+    as_eight, as_sixteen = _encoded(Image.fromarray(eight), "PNG"), _encoded(sixteen, "PNG")
+    got = decode_image(as_sixteen, DEFAULT_CAP)
+    assert got == pytest.approx(decode_image(as_eight, DEFAULT_CAP), abs=1e-3)
+    expected = image_to_pixels(as_eight, DEFAULT_CAP)
+    assert _ink_agreement(image_to_pixels(as_sixteen, DEFAULT_CAP), expected) > 0.99
+
+
+@pytest.mark.parametrize(
+    ("orientation", "stored"), [(6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270)]
+)
+def test_a_jpeg_stored_sideways_is_read_upright_by_its_exif_orientation(
+    orientation: int, stored: Image.Transpose
+) -> None:
+    upright = _pencil_seven((300, 200))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation  # "rotate this to view it": what a phone writes
+    sideways = _encoded(upright.transpose(stored), "JPEG", quality=95, exif=exif)
+    expected = image_to_pixels(_encoded(upright, "PNG"), DEFAULT_CAP)
+    assert _ink_agreement(image_to_pixels(sideways, DEFAULT_CAP), expected) > 0.85
+
+
+def test_an_unreadable_file_is_refused_without_python_internals_in_the_message() -> None:
+    with pytest.raises(InputError) as excinfo:
+        image_to_pixels(b"hello, not an image", DEFAULT_CAP)
+    message = str(excinfo.value)
+    assert message == "not a readable PNG or JPEG image (cannot identify image file)"
+    assert "object at 0x" not in message
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["1"] * 784,
+        [True] * 784,
+        [True] + [2] * 783,
+        [[0.5] * 28] * 27 + [[False] + [0.5] * 27],
+        [None] * 784,
+        [0.5] * 783 + [None],
+    ],
+    ids=[
+        "strings",
+        "booleans",
+        "a boolean among integers",
+        "a boolean among floats",
+        "nulls",
+        "a null",
+    ],
+)
+def test_pixel_values_that_are_not_numbers_are_refused_saying_so(values: list[object]) -> None:
+    with pytest.raises(InputError, match="strings, booleans and null are not numbers"):
+        pixels_from_values(values)

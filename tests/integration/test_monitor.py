@@ -3,10 +3,12 @@ and retraining on drift."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -148,6 +150,21 @@ def _monitor_pid(server_pid: int, timeout: float = 30) -> int:
     raise AssertionError("no monitor process found")
 
 
+def _dropped(metrics: str) -> float:
+    """Predictions the monitor never logged, and rows its log dropped."""
+    monitor = re.findall(r"^mnistops_monitor_dropped_total (\S+)$", metrics, re.M)
+    log = re.findall(r"^mnistops_prediction_log_rows_dropped_total\{[^}]*\} (\S+)$", metrics, re.M)
+    return sum(float(v) for v in monitor + log)
+
+
+def _logged_ids(database: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        try:
+            return [row[0] for row in db.execute("SELECT request_id FROM predictions")]
+        except sqlite3.OperationalError:  # nothing written yet: no table
+            return []
+
+
 def _predictions_total(metrics: str) -> float:
     return sum(
         float(v) for v in re.findall(r"^mnistops_predictions_total\{[^}]*\} (\S+)$", metrics, re.M)
@@ -178,12 +195,19 @@ def test_killed_monitor_process_is_restarted_and_serving_never_stops(
         assert second != first, "the monitor process was not started again"
         for i in range(150, 200):
             client.post("/predict", json={"image": mnist.x_test[i].tolist()}).raise_for_status()
-        metrics = client.get("/metrics").text
-        # the new process counts what it saw; what the dead one had not processed is counted
-        dropped = sum(
-            float(v) for v in re.findall(r"^mnistops_monitor_dropped_total (\S+)$", metrics, re.M)
-        )
-        assert 50 <= _predictions_total(metrics) + dropped <= 150
+        # every prediction is a row of the log or counted dropped (what the killed process
+        # had not logged): none is lost uncounted, none written twice
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            metrics = client.get("/metrics").text
+            dropped = _dropped(metrics)
+            logged = _logged_ids(tmp_path / "predictions.db")
+            if len(logged) + dropped >= 200:
+                break
+            time.sleep(0.5)
+        assert len(logged) + dropped == 200, (len(logged), dropped)
+        assert len(set(logged)) == len(logged)
+        assert 50 <= _predictions_total(metrics) <= 150  # what the new process saw
         assert client.get("/monitoring/drift").status_code == 200
         assert "monitor process ended" in srv.log()
 

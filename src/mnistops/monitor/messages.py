@@ -132,7 +132,16 @@ class Stopped:
     """The monitor process has flushed its log and is ending."""
 
 
+@dataclass(frozen=True)
+class Settled:
+    """How many of the predictions this connection sent are settled, in all: written to
+    the prediction log or counted as dropped there. If the monitor process dies, the
+    sender counts the rest as dropped: none is lost uncounted."""
+
+    images: int
+
+
 ToMonitor = Predictions | StatusRequest | GiveFeedback | SwitchModel | Stop
 """Every message the serving process sends."""
-FromMonitor = StatusReply | FeedbackReply | Stopped
+FromMonitor = StatusReply | FeedbackReply | Stopped | Settled
 """Every message the monitor process sends."""

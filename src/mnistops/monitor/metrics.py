@@ -198,7 +198,7 @@ LOG_WRITTEN = Counter(
 )
 LOG_DROPPED = Counter(
     "mnistops_prediction_log_rows_dropped",
-    "Rows not written (queue full or store down).",
+    "Rows not written (queue full, store down, or a batch the monitor failed on).",
     ("reason",),
     registry=MONITOR_REGISTRY,
 )

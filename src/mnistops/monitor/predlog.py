@@ -17,7 +17,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -202,14 +202,22 @@ class FeedbackStore(_Store):
         return int(found[0]) if found else None
 
 
+Settle = Callable[[Hashable, int], None]
+"""Told, in the writer thread, that ``count`` rows from ``origin`` are written or dropped."""
+
+
 class PredictionLog(_Store):
     """A background writer thread fed through a bounded queue of rows (in the monitor
-    process)."""
+    process). Rows may carry their origin (a sender's connection); ``on_settled`` hears
+    of every row written or counted dropped, by origin, as soon as it is."""
 
-    def __init__(self, url: str, max_queue: int) -> None:
+    def __init__(self, url: str, max_queue: int, on_settled: Settle | None = None) -> None:
         super().__init__(url)
         self.max_queue = max_queue
+        self.on_settled = on_settled
         self._rows: collections.deque[LogRow] = collections.deque()
+        self._origins: collections.deque[list[Any]] = collections.deque()
+        """``[origin, rows]`` runs, in the order of ``_rows``."""
         self._ready = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -230,18 +238,44 @@ class PredictionLog(_Store):
                 log.warning("prediction log not flushed within %s s at shutdown", timeout)
         self.close()
 
-    def put_many(self, rows: Sequence[LogRow]) -> None:
+    def put_many(self, rows: Sequence[LogRow], origin: Hashable = None) -> None:
         """Queue rows; never blocks (rows beyond the queue's room are dropped and counted)."""
         with self._ready:
             room = max(0, self.max_queue - len(self._rows))
-            self._rows.extend(rows[:room])
+            kept = rows[:room]
+            self._rows.extend(kept)
+            if kept:
+                self._origins.append([origin, len(kept)])
             self._ready.notify()
         if len(rows) > room:
             metrics.LOG_DROPPED.labels("queue_full").inc(len(rows) - room)
+            self.settle({origin: len(rows) - room})
 
-    def _take_batch(self) -> tuple[list[LogRow], bool]:
-        """Up to WRITE_BATCH rows, waiting at most FLUSH_SECONDS for them to accumulate;
-        and whether the log is stopping (then everything left is taken)."""
+    def settle(self, counts: dict[Hashable, int]) -> None:
+        """Tell ``on_settled`` that these rows, by origin, are written or dropped."""
+        if self.on_settled is None:
+            return
+        for origin, count in counts.items():
+            if origin is not None:
+                self.on_settled(origin, count)
+
+    def _origins_of(self, taken: int) -> dict[Hashable, int]:
+        """The origins of the next ``taken`` rows off the queue (with the lock held)."""
+        counts: dict[Hashable, int] = {}
+        while taken:
+            run = self._origins[0]
+            part = min(taken, run[1])
+            counts[run[0]] = counts.get(run[0], 0) + part
+            run[1] -= part
+            taken -= part
+            if not run[1]:
+                self._origins.popleft()
+        return counts
+
+    def _take_batch(self) -> tuple[list[LogRow], dict[Hashable, int], bool]:
+        """Up to WRITE_BATCH rows, waiting at most FLUSH_SECONDS for them to accumulate,
+        how many came from each origin; and whether the log is stopping (then everything
+        left is taken)."""
         deadline = time.monotonic() + FLUSH_SECONDS
         with self._ready:
             while len(self._rows) < WRITE_BATCH and not self._stopping:
@@ -252,20 +286,23 @@ class PredictionLog(_Store):
             stopping = self._stopping
             take = len(self._rows) if stopping else min(len(self._rows), WRITE_BATCH)
             rows = [self._rows.popleft() for _ in range(take)]
-        return rows, stopping
+            origins = self._origins_of(take)
+        return rows, origins, stopping
 
     def _run(self) -> None:
         failures = 0
         while True:
-            rows, stopping = self._take_batch()
+            rows, origins, stopping = self._take_batch()
             metrics.LOG_QUEUE.set(len(self._rows))
             if rows:
                 try:
                     write_rows(self._ready_engine(), rows)
                     metrics.LOG_WRITTEN.inc(len(rows))
+                    self.settle(origins)
                     failures = 0
                 except sa.exc.SQLAlchemyError as exc:
                     metrics.LOG_DROPPED.labels("store_error").inc(len(rows))
+                    self.settle(origins)
                     log.warning(
                         "prediction log store unavailable (%d rows dropped): %s",
                         len(rows),

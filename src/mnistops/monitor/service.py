@@ -50,6 +50,7 @@ from mnistops.monitor.messages import (
     GiveFeedback,
     ModelCall,
     Predictions,
+    Settled,
     StatusReply,
     StatusRequest,
     Stop,
@@ -85,6 +86,9 @@ LINK_JOIN_S = 10.0
 STOPPED_WAIT_S = 15.0
 """How long ``stop`` waits for the monitor process to flush the prediction log."""
 PROCESS_JOIN_S = 5.0
+RECEIVE_END_S = 1.0
+"""How long a dead monitor process's last messages are waited for before its unsettled
+predictions are counted."""
 ASKING_THREADS = 4
 """Threads that wait for the monitor process's answers (``in_thread``): a stalled monitor
 holds these, never the threads the routes share."""
@@ -162,6 +166,11 @@ class Monitor:
         self._recorded_images = 0
         self._shipped_images = 0
         """Images taken off the queue; with ``_recorded_images``, what is pending."""
+        self._sent_images = 0
+        """Images sent to the current monitor process ..."""
+        self._settled_images = 0
+        """... and how many of them it has logged or counted dropped (``Settled``): if it
+        dies, the difference is counted dropped."""
         self._wake = threading.Event()
         """Set when a question or switch is queued: the link sends it without a tick's wait."""
         self._send_lock = threading.Lock()
@@ -251,6 +260,8 @@ class Monitor:
             return True
 
     def _listen_to(self, conn: Connection) -> None:
+        self._count_unsettled()
+        self._sent_images = self._settled_images = 0
         self._conn = conn
         self._replies.last = None  # nothing known of this process yet
         self._stopped.clear()
@@ -340,8 +351,20 @@ class Monitor:
         if not parts:
             return
         self._shipped_images += images
-        if not self._send_locked(Predictions.of_calls(parts)):
+        if self._send_locked(Predictions.of_calls(parts)):
+            self._sent_images += images
+        else:
             metrics.OBSERVE_DROPPED.inc(images)
+
+    def _count_unsettled(self) -> None:
+        """The previous monitor process is gone: what it was sent and had not logged (or
+        counted dropped) is lost with it, and counted dropped here."""
+        if self._conn is not None:
+            self._stopped.wait(RECEIVE_END_S)  # its last Settled may still be in the pipe
+        lost = self._sent_images - self._settled_images
+        if lost > 0:
+            metrics.OBSERVE_DROPPED.inc(lost)
+            log.warning("%d predictions the monitor process had not logged: counted dropped", lost)
 
     def _send_locked(self, message: ToMonitor) -> bool:
         if self._conn is None:
@@ -361,6 +384,9 @@ class Monitor:
                 break
             if isinstance(message, StatusReply | FeedbackReply):
                 self._replies.deliver(message)
+            elif isinstance(message, Settled):
+                if conn is self._conn:  # not a late word of an earlier process
+                    self._settled_images = message.images
             elif isinstance(message, Stopped):
                 break
         if conn is self._conn:  # not an earlier, restarted process

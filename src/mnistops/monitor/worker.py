@@ -19,6 +19,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Hashable
 from multiprocessing import AuthenticationError, Pipe
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
@@ -42,6 +43,7 @@ from mnistops.monitor.messages import (
     FeedbackReply,
     GiveFeedback,
     Predictions,
+    Settled,
     StatusReply,
     StatusRequest,
     Stop,
@@ -55,7 +57,7 @@ log = logging.getLogger("mnistops.monitor")
 
 MONITOR_NICE = 10
 """CPU priority of the monitor process below the server's: monitoring yields to serving."""
-LOG_DROP_REASONS = ("queue_full", "store_error")
+LOG_DROP_REASONS = ("queue_full", "store_error", "monitor_error")
 PIXEL_LEVELS = 255
 """Logged images are stored as uint8 grey levels."""
 LOGGED_DECIMALS = 6
@@ -109,17 +111,22 @@ class MonitorCore:
         for reason in LOG_DROP_REASONS:  # export zeros before the first drop
             metrics.LOG_DROPPED.labels(reason)
 
-    def handle(self, message: ToMonitor) -> StatusReply | FeedbackReply | None:
-        """Act on one message from the serving process; the reply to send, if any.
+    def handle(
+        self, message: ToMonitor, origin: Hashable = None
+    ) -> StatusReply | FeedbackReply | None:
+        """Act on one message from the serving process (from ``origin``, its connection);
+        the reply to send, if any.
 
         ``Stop`` is the caller's to act on (it ends the loop); here it does nothing.
         """
         match message:
             case Predictions():
                 try:
-                    self.ingest(message)
+                    self.ingest(message, origin)
                 except Exception:  # one bad batch must not end monitoring
                     log.exception("monitor failed to process %d predictions", len(message))
+                    metrics.LOG_DROPPED.labels("monitor_error").inc(len(message))
+                    self.log.settle({origin: len(message)})
             case StatusRequest(seq=seq):
                 return StatusReply(seq, metrics.render_monitor(), self.drift_status())
             case GiveFeedback():
@@ -182,7 +189,7 @@ class MonitorCore:
         metrics.DRIFT_ALARMS.labels(name, version)  # exported as 0 before the first
         metrics.ESTIMATED_ACCURACY.clear()
 
-    def ingest(self, batch: Predictions) -> None:
+    def ingest(self, batch: Predictions, origin: Hashable = None) -> None:
         """Everything the monitor does with a batch of predictions."""
         features = image_features(batch.pixels)
         labels = batch.probabilities.argmax(axis=1)
@@ -191,7 +198,7 @@ class MonitorCore:
         self._maybe_check(features, batch.probabilities)
         self._estimate(batch.probabilities, features)
         self.feedback.remember(batch.request_ids, batch.probabilities)
-        self.log.put_many(self._log_rows(batch, features, labels, confidence))
+        self.log.put_many(self._log_rows(batch, features, labels, confidence), origin)
 
     def _update_metrics(
         self, features: np.ndarray, labels: np.ndarray, confidence: np.ndarray
@@ -358,6 +365,10 @@ class Hub:
         self.core = core
         self.owner = owner
         self.conns: list[Connection] = [owner]
+        self._send_lock = threading.Lock()
+        """Replies go from this thread, settled counts from the log's writer thread."""
+        self._settled: dict[Hashable, int] = {}
+        core.log.on_settled = self._tell_settled
         self._deferred: list[_Deferred] = []
         self._arrivals: queue.SimpleQueue[Connection] = queue.SimpleQueue()
         self._wake, self._waker = Pipe(duplex=False)
@@ -398,13 +409,21 @@ class Hub:
                 self._deferred.append(_Deferred(conn, message, time.monotonic() + FEEDBACK_WAIT_S))
                 return
         else:
-            reply = self.core.handle(message)
+            reply = self.core.handle(message, origin=conn)
         if reply is not None:
             self._send(conn, reply)
 
-    def _send(self, conn: Connection, reply: StatusReply | FeedbackReply) -> None:
-        with contextlib.suppress(OSError, ValueError):  # a worker gone: read as EOF next
+    def _send(self, conn: Connection, reply: StatusReply | FeedbackReply | Settled) -> None:
+        with self._send_lock, contextlib.suppress(OSError, ValueError):  # a worker gone
             conn.send(reply)
+
+    def _tell_settled(self, origin: Hashable, count: int) -> None:
+        """The log settled ``count`` more rows of ``origin``'s: tell it the new total."""
+        with self._send_lock:
+            total = self._settled[origin] = self._settled.get(origin, 0) + count
+            if isinstance(origin, Connection):
+                with contextlib.suppress(OSError, ValueError):  # a worker gone
+                    origin.send(Settled(total))
 
     def _timeout(self) -> float | None:
         if not self._deferred:

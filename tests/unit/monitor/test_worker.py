@@ -27,6 +27,7 @@ from mnistops.monitor.messages import (
     FeedbackReply,
     GiveFeedback,
     Predictions,
+    Settled,
     StatusReply,
     StatusRequest,
     Stop,
@@ -165,6 +166,30 @@ def test_the_loop_answers_over_a_pipe_until_stop(settings: Settings) -> None:
     assert not loop.is_alive()
     assert isinstance(reply, StatusReply) and reply.seq == 9
     assert reply.drift["observed"] == 20
+    server.close()
+    monitor.close()
+
+
+def test_the_sender_hears_how_many_of_its_predictions_are_logged(settings: Settings) -> None:
+    """``Settled`` counts what is written: if the monitor process dies, the sender counts
+    the rest as dropped instead of losing them uncounted."""
+    core = MonitorCore(settings, "tiny-settled", "1", profile())
+    core.log.start()
+    server, monitor = multiprocessing.get_context("spawn").Pipe()
+    loop = threading.Thread(target=answer_until_stopped, args=(monitor, core))
+    loop.start()
+    server.send(traffic(1, 20))
+    server.send(traffic(2, 7))
+    settled = 0
+    while settled < 27 and server.poll(10):
+        message = server.recv()
+        if isinstance(message, Settled):
+            settled = message.images
+    server.send(Stop())
+    loop.join(10)
+    core.log.stop()
+    assert settled == 27
+    assert len(_rows_in(settings.prediction_log)) == 27
     server.close()
     monitor.close()
 

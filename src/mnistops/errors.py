@@ -35,6 +35,12 @@ class ServeError(MnistopsError):
     """The server cannot listen where it was told to."""
 
 
+class ReloadError(MnistopsError):
+    """The version a reload found cannot be served; the one served before goes on."""
+
+    http_status = 409
+
+
 class AlreadyLabelledError(MnistopsError):
     """Feedback for a prediction that has its true label already."""
 

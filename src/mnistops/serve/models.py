@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
+from mnistops.errors import MnistopsError, ReloadError, first_line
 from mnistops.predictor import Predictor
 
 log = logging.getLogger("mnistops.serve")
@@ -53,6 +54,8 @@ class ModelSlot:
         self._on_swap = on_swap
         self._lock = threading.Lock()
         self._poller: asyncio.Task[None] | None = None
+        self._refused: str | None = None
+        """The version polling found unusable (not tried again until the alias moves)."""
 
     @property
     def current(self) -> Predictor:
@@ -64,6 +67,10 @@ class ModelSlot:
 
         Returns:
             (changed, message).
+
+        Raises:
+            ReloadError: the version found cannot be loaded (a corrupt or incomplete
+                folder): the version served before goes on serving.
         """
         from mnistops.registry import resolve
 
@@ -72,7 +79,13 @@ class ModelSlot:
             old = self._current
             if bundle.version == old.version and bundle.path == old.bundle.path:
                 return False, f"already serving version {old.version}"
-            predictor = self._loader(bundle, self.settings)
+            try:
+                predictor = self._loader(bundle, self.settings)
+            except MnistopsError as exc:
+                raise ReloadError(
+                    f"version {bundle.version} was not swapped in ({exc}); "
+                    f"still serving version {old.version}"
+                ) from exc
             self._current = predictor
             if self._on_swap is not None:
                 self._on_swap(predictor)
@@ -104,8 +117,17 @@ class ModelSlot:
         try:
             latest = current_version(self.settings.model_uri, self.settings)
             if latest is not None and latest != self._current.version:
+                if latest == self._refused:
+                    return  # said once already; the alias has to move on
                 self.reload()
+        except ReloadError as exc:
+            self._refused = latest
+            log.warning("%s", exc)
         # the registry's client raises anything from network to SQL errors; a failed
         # poll must never stop serving, and the next one tries again
-        except Exception:
-            log.exception("registry poll failed; still serving version %s", self.current.version)
+        except Exception as exc:  # noqa: BLE001 (see above: said in one line, not raised)
+            log.warning(
+                "registry poll failed (%s); still serving version %s",
+                first_line(exc),
+                self.current.version,
+            )

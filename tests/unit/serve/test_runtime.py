@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 from fastapi import FastAPI
 
 from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
+from mnistops.errors import ReloadError
 from mnistops.serve.models import ModelSlot
 from mnistops.serve.runtime import MonitorHook, Runtime, image_ids
-from tests.unit.serve.conftest import MeanPixelPredictor, RecordingMonitor, started_client
+from tests.unit.serve.conftest import (
+    MeanPixelPredictor,
+    RecordingMonitor,
+    started_client,
+    write_bundle,
+)
 
 pytestmark = [pytest.mark.unit, pytest.mark.anyio]
 
@@ -45,3 +55,34 @@ async def test_the_app_starts_records_exposes_and_stops_its_monitor(app: FastAPI
     assert monitor.records == [
         {"request_ids": [answer["request_id"]], "images": 1, "digits": [0], "model_version": "1"}
     ]
+
+
+def test_a_corrupt_version_found_on_reload_is_refused_and_the_old_one_serves_on(
+    tmp_path: Path, bundle: ModelBundle
+) -> None:
+    broken = write_bundle(tmp_path / "v2", version="2")  # its model.onnx is no ONNX model
+    settings = Settings(home=tmp_path / "home", model_uri=str(broken.path), monitoring=False)
+    slot = ModelSlot(settings, MeanPixelPredictor(bundle))
+    with pytest.raises(ReloadError) as refused:
+        slot.reload()
+    message = str(refused.value)
+    assert message.startswith("version 2 was not swapped in (")
+    assert message.endswith("still serving version 1") and "\n" not in message
+    assert slot.current.version == "1"
+
+
+def test_polling_says_once_in_one_line_that_a_found_version_is_unusable(
+    tmp_path: Path, bundle: ModelBundle, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    from mnistops import registry
+
+    broken = write_bundle(tmp_path / "v2", version="2")
+    settings = Settings(home=tmp_path / "home", model_uri=str(broken.path), monitoring=False)
+    monkeypatch.setattr(registry, "current_version", lambda uri, settings: "2")
+    slot = ModelSlot(settings, MeanPixelPredictor(bundle))
+    with caplog.at_level(logging.WARNING, logger="mnistops.serve"):
+        for _ in range(3):
+            slot._poll_once()
+    said = [r for r in caplog.records if "not swapped in" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is None
+    assert slot.current.version == "1"

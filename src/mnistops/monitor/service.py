@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from mnistops import restarts
 from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
 from mnistops.errors import AlreadyLabelledError, MonitorUnavailableError
@@ -77,7 +78,6 @@ STATUS_TIMEOUT_S = 5.0
 METRICS_TIMEOUT_S = 0.5
 """/metrics waits at most this long for the monitor process (then serves its last state):
 a scrape must answer within Prometheus' scrape timeout."""
-RESTART_BACKOFF_S = 1.0
 CONNECT_TIMEOUT_S = 30.0
 """How long a worker tries to reach the shared monitor process at start."""
 KEPT_REPLIES = 16
@@ -175,6 +175,7 @@ class Monitor:
         """Set when a question or switch is queued: the link sends it without a tick's wait."""
         self._send_lock = threading.Lock()
         """Held while a message is written (the link thread's, and ``stop``'s)."""
+        self._backoff = restarts.Backoff()
         self._askers = ThreadPoolExecutor(ASKING_THREADS, thread_name_prefix="monitor-ask")
         self._replies = _Replies()
         self._stop = threading.Event()
@@ -317,17 +318,22 @@ class Monitor:
         if self._address is not None:
             if self._lost.is_set() and not self._stop.is_set():
                 log.warning("monitor process connection lost: connecting again")
-                time.sleep(RESTART_BACKOFF_S)
+                self._stop.wait(restarts.FIRST_S)  # the supervisor restarts it
                 with self._send_lock:
                     self._connect(timeout=0)
             return
         process = self._process
         if process is None or process.is_alive():
             return
-        log.warning("monitor process ended (exit %s): starting it again", process.exitcode)
-        time.sleep(RESTART_BACKOFF_S)
+        delay = self._backoff.delay()
+        log.warning(
+            "monitor process ended (exit %s): starting it again in %.0f s", process.exitcode, delay
+        )
+        if self._stop.wait(delay):
+            return
         with self._send_lock:
             self._spawn()
+            self._backoff.started()
 
     def _ship_pending(self) -> None:
         """Send what is queued, in order: model calls gathered into ``Predictions`` of at

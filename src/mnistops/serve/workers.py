@@ -45,6 +45,7 @@ from types import FrameType
 
 from prometheus_client import multiprocess
 
+from mnistops import restarts
 from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
 from mnistops.errors import ServeError
@@ -57,7 +58,6 @@ log = logging.getLogger("mnistops.serve")
 
 READY_TIMEOUT_S = 300.0
 """How long a worker may take to load and warm up the model."""
-RESTART_BACKOFF_S = 1.0
 TICK_S = 0.5
 """How often the supervisor looks for a process that ended."""
 DRAIN_MARGIN_S = 5.0
@@ -114,6 +114,8 @@ class Supervisor:
         self.monitor: BaseProcess | None = None
         self._monitor_conn: Connection | None = None
         self._stopping = threading.Event()
+        self._backoffs: dict[int | None, restarts.Backoff] = {}
+        """The restart waits of each worker (by index) and of the monitor process (None)."""
         self._hangups = 0
 
     # --- start ------------------------------------------------------------------------
@@ -208,16 +210,34 @@ class Supervisor:
 
     def _restart_ended(self) -> None:
         if self.monitor is not None and not self.monitor.is_alive():
-            log.warning("monitor process ended (exit %s): starting it again", self.monitor.exitcode)
-            time.sleep(RESTART_BACKOFF_S)
+            delay = self._backoff(None).delay()
+            log.warning(
+                "monitor process ended (exit %s): starting it again in %.0f s",
+                self.monitor.exitcode,
+                delay,
+            )
+            if self._stopping.wait(delay):
+                return
             self._start_monitor()
+            self._backoff(None).started()
         for index, process in enumerate(self.workers):
             if process is None or process.is_alive():
                 continue
-            log.warning("worker %d ended (exit %s): starting it again", index, process.exitcode)
+            delay = self._backoff(index).delay()
+            log.warning(
+                "worker %d ended (exit %s): starting it again in %.0f s",
+                index,
+                process.exitcode,
+                delay,
+            )
             self._forget(process)
-            time.sleep(RESTART_BACKOFF_S)
+            if self._stopping.wait(delay):
+                return
             self._start_worker(index).close()  # the go event is set: it serves once warm
+            self._backoff(index).started()
+
+    def _backoff(self, index: int | None) -> restarts.Backoff:
+        return self._backoffs.setdefault(index, restarts.Backoff())
 
     def _forget(self, process: BaseProcess) -> None:
         """A worker has ended: its in-flight gauge and process metrics no longer count."""

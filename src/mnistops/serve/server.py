@@ -74,20 +74,48 @@ BACKLOG = 2048
 once rather than left in this queue, so a longer one would only hide overload."""
 DESCRIPTORS_RESERVED = 64
 """Open files kept for the model, pipes, logs and databases besides the connections."""
+REQUEST_TIMEOUT = 408
 HEAD_TOO_LARGE = 431
 H11_DEFAULT_HEAD_BYTES = 16 * 1024
 """h11's own limit, for a config that sets none."""
+DRAIN_LINGER_S = 1.0
+"""On shutdown, how long a keep-alive connection with no request in progress stays open:
+its client may have sent the next request already, and closing at once lost it (wrk saw
+32 and 66 read errors at c=64 and c=256). A request arriving in time is answered with
+``Connection: close``. At most half the grace period, to leave time for that answer."""
+RESPONSE_HEADERS = [("x-content-type-options", "nosniff")]
+"""Sent with every answer: a browser must not guess another content type than the one
+given (an error message read as HTML)."""
 
 
-class BoundedHeadProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a limit on a request's line and headers.
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with limits on how much a client may hold, and a drain
+    that answers the requests clients have already sent.
 
-    httptools has no such limit (uvicorn's ``h11_max_incomplete_event_size`` binds h11
-    only) and joins a long header by repeated concatenation: a 300 MB header line once took
-    108 s and 604 MB. Here the bytes received while a request's head is incomplete are
+    The head: httptools has no size limit (uvicorn's ``h11_max_incomplete_event_size`` binds
+    h11 only) and joins a long header by repeated concatenation: a 300 MB header line once
+    took 108 s and 604 MB. Here the bytes received while a request's head is incomplete are
     counted; past ``h11_max_incomplete_event_size`` the request is answered 431 and its
     connection closed, so memory stays within the limit plus one read.
+
+    Time: 300 idle sockets once held every descriptor, and a head or body sent a byte at a
+    time holds a connection for ever. A request's line and headers must arrive within
+    ``header_timeout_s`` of the connection's opening or of the previous answer's end: an
+    idle connection is then closed silently, a half-sent head answered 408. This replaces
+    uvicorn's keep-alive timeout, so one rule decides when idle connections go. A body may
+    pause at most ``body_timeout_s`` (408, or a close once an answer has begun); a pause
+    that is the server's own (reading paused until the app takes what came, or a client
+    waiting for ``100 Continue``) does not count.
+
+    Shutdown: uvicorn closes a connection with no request in progress at once, losing a
+    request its client sent at that moment. Here it lingers ``linger_s``: a request that
+    arrives is answered with ``Connection: close``; otherwise it is closed at the end.
     """
+
+    header_timeout_s: float = Settings.model_fields["header_timeout_s"].default
+    """Bound by :func:`guarded_protocol`, like the two below."""
+    body_timeout_s: float = Settings.model_fields["body_timeout_s"].default
+    linger_s: float = DRAIN_LINGER_S
 
     def __init__(
         self,
@@ -99,33 +127,151 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self._max_head = config.h11_max_incomplete_event_size or H11_DEFAULT_HEAD_BYTES
         self._head_bytes = 0
-        self._in_head = False
+        self._in_head = self._in_body = self._draining = False
+        self._body_seen = 0.0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timers()
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        self._stop_timers()  # the WebSocket protocol owns the connection from here
+        super().handle_websocket_upgrade()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._head_bytes = True, 0
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head, self._in_body = False, True
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered with Connection: close, then closed
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
+        answered = self.cycle is not None and self.cycle.response_complete
+        if answered and not self.transport.is_closing():
+            self._await_head()  # answered before its body had all come
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._unset_keepalive_if_required()  # the head timer is the one idle rule
+            if not self._in_body:
+                self._await_head()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self.transport.is_closing():
+            return
         # counted by the read: a read that also ends a pipelined request counts whole
-        if self._in_head and not self.transport.is_closing():
+        if self._in_head:
             self._head_bytes += len(data)
             if self._head_bytes > self._max_head:
-                self._refuse_head()
+                message = f"request line and headers too large: at most {self._max_head} bytes"
+                self._refuse(HEAD_TOO_LARGE, message)
+        elif self._in_body:
+            # one timer per body, pushed back when it fires: not one per read
+            self._body_seen = self.loop.time()
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_stalled)
 
-    def _refuse_head(self) -> None:
-        message = f"request line and headers too large: at most {self._max_head} bytes"
+    def shutdown(self) -> None:
+        """Called by the server as it starts draining (uvicorn's own closes idle
+        connections at once)."""
+        self._draining = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # busy: answered, then closed (as uvicorn does)
+            return
+        self._linger_timer = self.loop.call_later(self.linger_s, self._linger_ended)
+
+    def _await_head(self) -> None:
+        """Start the head timer: no request is in progress (idle, or a head begun)."""
+        if self.cycle is None or self.cycle.response_complete:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_late)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            wait = f"{self.header_timeout_s:g} s"
+            self._refuse(REQUEST_TIMEOUT, f"request line and headers not received within {wait}")
+        else:
+            self.transport.close()  # idle: nothing was asked, nothing to answer
+
+    def _body_stalled(self) -> None:
+        self._body_timer = None
+        if not self._in_body or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.flow.read_paused or self.cycle.waiting_for_100_continue:
+            self._body_seen = now  # the server's pause, not the client's
+        pause = now - self._body_seen
+        if pause < self.body_timeout_s:
+            self._body_timer = self.loop.call_later(self.body_timeout_s - pause, self._body_stalled)
+        elif self.cycle.response_started:
+            self._close()  # an answer has begun: a 408 cannot follow it
+        else:
+            wait = f"{self.body_timeout_s:g} s"
+            self._refuse(REQUEST_TIMEOUT, f"request body paused for more than {wait}")
+
+    def _linger_ended(self) -> None:
+        self._linger_timer = None
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and not self._in_head:  # a head begun is left to its timer
+            self.transport.close()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` with ``{"error": message}`` and close the connection."""
         body = orjson.dumps({"error": message})
-        head = (
+        head = [STATUS_LINE[status]]
+        head += [b"%s: %s\r\n" % header for header in self.server_state.default_headers]
+        head.append(
             b"content-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n" % len(body)
         )
-        self.transport.write(STATUS_LINE[HEAD_TOO_LARGE] + head + body)
+        self.transport.write(b"".join(head) + body)
+        self._close()
+
+    def _close(self) -> None:
+        """Close the connection; the request being read (if any) sees a disconnect at once,
+        and nothing more of its answer is written."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
         self.transport.close()
+
+    def _stop_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer, self._linger_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = self._linger_timer = None
+
+
+def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
+    """:class:`GuardedProtocol` with the timeouts of ``settings``, for uvicorn's ``http=``."""
+
+    class Guarded(GuardedProtocol):
+        header_timeout_s = settings.header_timeout_s
+        body_timeout_s = settings.body_timeout_s
+        linger_s = min(DRAIN_LINGER_S, _graceful_s(settings) / 2)
+
+    return Guarded
 
 
 def serve(settings: Settings) -> None:
@@ -204,23 +350,34 @@ def draining_server(app: FastAPI, settings: Settings, *, worker: bool = False) -
             # by SIGTERM"; a drained shutdown is a success: exit 0.
             self._captured_signals.clear()
 
-    config = uvicorn.Config(
+    return DrainingServer(server_config(app, settings))
+
+
+def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """How uvicorn serves ``app``: its protocol, limits, headers and drain timeout."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=BoundedHeadProtocol,  # httptools, with a limit on the request head
+        http=guarded_protocol(settings),  # httptools, with limits on size and time
         lifespan="on",
         access_log=False,
         log_level="warning",
-        timeout_graceful_shutdown=max(1, int(settings.grace_period_s)),
+        server_header=False,  # naming the server and its version helps only an attacker
+        headers=list(RESPONSE_HEADERS),
+        timeout_graceful_shutdown=_graceful_s(settings),
         # counts connections, not requests: a backstop for descriptors; requests are
         # shed by limits.SheddingMiddleware long before
         limit_concurrency=_allow_connections(settings.max_connections),
         backlog=min(BACKLOG, settings.max_connections),
         h11_max_incomplete_event_size=settings.max_header_bytes,
     )
-    return DrainingServer(config)
+
+
+def _graceful_s(settings: Settings) -> int:
+    """uvicorn's drain timeout: whole seconds, at least one."""
+    return max(1, int(settings.grace_period_s))
 
 
 def _grpc_server(runtime: Runtime, settings: Settings, *, reuse_port: bool) -> GrpcServer | None:

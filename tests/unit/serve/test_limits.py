@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -27,13 +27,14 @@ from mnistops.serve.limits import (
     BodyLimitMiddleware,
     SheddingMiddleware,
 )
-from mnistops.serve.server import BoundedHeadProtocol
+from mnistops.serve.server import GuardedProtocol
 from tests.unit.serve.conftest import started_client
 
 pytestmark = [pytest.mark.unit, pytest.mark.anyio]
 LIMIT = 1000
 SHED_SERIES = "mnistops_requests_shed_total"
 JSON_HEADERS = {"content-type": "application/json"}
+T = TypeVar("T")
 
 
 class HeldApp:
@@ -172,6 +173,9 @@ class LabelsKept:
         self.labels[request_id] = label
         return {"request_id": request_id, "label": label}
 
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args)
+
 
 async def test_feedback_refuses_a_chunked_body_past_the_limit_with_413() -> None:
     """/feedback's body is parsed by FastAPI, which would call a failure to read it a 400."""
@@ -257,11 +261,11 @@ class RecordingTransport(asyncio.Transport):
         pass
 
 
-def _protocol(head_limit: int) -> tuple[BoundedHeadProtocol, RecordingTransport]:
+def _protocol(head_limit: int) -> tuple[GuardedProtocol, RecordingTransport]:
     config = uvicorn.Config(
-        BodyReader(), http=BoundedHeadProtocol, h11_max_incomplete_event_size=head_limit
+        BodyReader(), http=GuardedProtocol, h11_max_incomplete_event_size=head_limit
     )
-    protocol = BoundedHeadProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+    protocol = GuardedProtocol(config, ServerState(), {}, asyncio.get_running_loop())
     transport = RecordingTransport()
     protocol.connection_made(transport)
     return protocol, transport

@@ -3,13 +3,21 @@ protoc makes of the shipped proto, and every method of the proto's service is se
 
 from __future__ import annotations
 
+import io
+import threading
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pytest
 from grpc_tools import protoc
+from PIL import Image
 
+from mnistops import imaging
+from mnistops.config import Settings
 from mnistops.serve import grpc_api
+from mnistops.serve.app import create_app
+from tests.unit.serve.conftest import MODEL_NAME, fake_loader, write_bundle
 
 pytestmark = pytest.mark.unit
 PROTOCOL = resources.files("mnistops.serve.protocol")
@@ -54,3 +62,31 @@ def test_a_typed_request_becomes_the_http_protocols_tensor() -> None:
     payload, binary = grpc_api.infer_payload(request)
     assert binary == b"\x02\0\0\0ab\x03\0\0\0cde"
     assert payload["inputs"][0]["parameters"]["binary_data_size"] == len(binary)
+
+
+@pytest.mark.anyio
+async def test_encoded_images_are_decoded_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[threading.Thread] = []
+    normalise = imaging.normalise_image
+
+    def spy(gray: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread())
+        return normalise(gray)
+
+    monkeypatch.setattr(imaging, "normalise_image", spy)
+    bundle = write_bundle(tmp_path / "model")
+    settings = Settings(
+        home=tmp_path / "home", model_uri=str(bundle.path), monitoring=False, reload_interval_s=0
+    )
+    app = create_app(settings, bundle, loader=fake_loader)
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(buffer, "PNG")
+    request = grpc_api.MESSAGES["ModelInferRequest"](model_name=MODEL_NAME)
+    tensor = request.inputs.add(name="pixels", datatype="BYTES", shape=[2])
+    tensor.contents.bytes_contents.extend([buffer.getvalue()] * 2)
+    async with app.router.lifespan_context(app):
+        answer = await grpc_api.InferenceService(app.state.runtime).ModelInfer(request)
+    assert [o.name for o in answer.outputs] == ["probabilities", "label", "is_digit"]
+    assert len(threads) == 2 and threading.current_thread() not in threads

@@ -30,9 +30,9 @@ from mnistops import __version__
 from mnistops.config import Settings
 from mnistops.errors import MnistopsError, ServeError
 from mnistops.ids import new_request_id
-from mnistops.imaging import InputError
+from mnistops.imaging import InputError, exception_text
 from mnistops.serve import v2
-from mnistops.serve.inputs import RequestedOutput, infer_request
+from mnistops.serve.inputs import RequestedOutput, checked_infer_request
 from mnistops.serve.metrics import IN_FLIGHT, record_request
 from mnistops.serve.runtime import Runtime
 from mnistops.serve.tensors import BINARY_SIZE, IMAGE_DATATYPE, brief
@@ -135,7 +135,10 @@ class InferenceService:
         runtime = self.runtime
         v2.named_predictor(runtime, request.model_name, request.model_version or None)
         payload, binary = infer_payload(request)
-        inputs = infer_request(payload, binary, runtime.settings)
+        # typed contents are arrays already: no JSON booleans to look for
+        inputs = await checked_infer_request(
+            payload, binary, runtime.settings, may_hold_booleans=False
+        )
         # raw contents always: the protocol's compact form, which every client reads
         wanted = tuple(RequestedOutput(o.name, True) for o in v2.wanted_outputs(inputs))
         request_id = new_request_id()  # the log's key, as on HTTP; the client's id is echoed
@@ -242,7 +245,9 @@ def _handler(name: str, behaviour: Behaviour, runtime: Runtime) -> grpc.RpcMetho
             try:
                 request = request_type.FromString(raw)
             except message.DecodeError as exc:
-                raise InputError(f"malformed {RPCS[name][0]} message ({exc})") from exc
+                raise InputError(
+                    f"malformed {RPCS[name][0]} message ({exception_text(exc)})"
+                ) from exc
             return (await behaviour(request)).SerializeToString()
         except MnistopsError as exc:
             status = exc.http_status

@@ -35,7 +35,7 @@ from fastapi.responses import Response
 from mnistops import __version__
 from mnistops.bundle import OUTPUT_NAME
 from mnistops.features import IMAGE_PIXELS, IMAGE_SIDE
-from mnistops.imaging import JSON_NUMBERS, InputError
+from mnistops.imaging import JSON_NUMBERS, InputError, booleans_in, exception_text, numeric_array
 from mnistops.serve.http import ERROR_RESPONSES, JSON, json_response, new_request_id
 from mnistops.serve.limits import read_body
 from mnistops.serve.runtime import Runtime, RuntimeDep
@@ -119,10 +119,11 @@ def invocation_pixels(body: bytes, content_type: str | None, max_images: int) ->
     payload = _loads(body)
     field = _input_field(payload)
     value = payload[field]
+    booleans = booleans_in(body)
     if field in TENSOR_FIELDS:
-        return _pixels(_tensor_rows(field, value), TENSOR_SHAPES, max_images)
+        return _pixels(_tensor_rows(field, value), TENSOR_SHAPES, max_images, booleans)
     rows = _split_rows(value) if field == "dataframe_split" else _record_rows(value)
-    return _pixels(rows, FRAME_SHAPES, max_images)
+    return _pixels(rows, FRAME_SHAPES, max_images, booleans)
 
 
 def _check_content_type(header: str | None) -> None:
@@ -150,7 +151,7 @@ def _loads(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON ({JSON_NUMBERS}): {exc}") from exc
+        raise InputError(f"invalid JSON ({JSON_NUMBERS}): {exception_text(exc)}") from exc
 
 
 def _input_field(payload: object) -> str:
@@ -209,7 +210,9 @@ def _record_rows(value: object) -> list[list[Any]]:
     return [[record[column] for column in columns] for record in value]
 
 
-def _pixels(rows: list[Any], shapes: tuple[tuple[int, ...], ...], max_images: int) -> np.ndarray:
+def _pixels(
+    rows: list[Any], shapes: tuple[tuple[int, ...], ...], max_images: int, booleans: bool
+) -> np.ndarray:
     if not rows:
         raise InputError(f"no images: {ACCEPTED}")
     if not isinstance(rows[0], list):
@@ -221,10 +224,8 @@ def _pixels(rows: list[Any], shapes: tuple[tuple[int, ...], ...], max_images: in
         raise InputError(
             f"batch of {len(rows)} images is over the limit of {max_images}", status=413
         )
-    try:
-        values = np.asarray(rows, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InputError(f"images must be lists of numbers, all the same shape ({exc})") from exc
+    what = "images must be lists of numbers, all the same shape"
+    values = numeric_array(rows, what, may_hold_booleans=booleans)
     if values.shape[1:] not in shapes:
         raise InputError(
             f"images must have shape {_shapes(len(rows), shapes)}, got {list(values.shape)}"

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from mnistops.config import Settings
 from mnistops.features import IMAGE_PIXELS, IMAGE_SIDE
-from mnistops.imaging import InputError, image_to_pixels
+from mnistops.imaging import (
+    InputError,
+    exception_text,
+    numeric_array,
+    open_image,
+    opened_to_pixels,
+)
 
 INPUT_NAME = "pixels"
 """The one input tensor of the Open Inference Protocol."""
@@ -54,6 +62,8 @@ def tensor_pixels(
     max_images: int,
     binary: bytes | memoryview = b"",
     max_image_pixels: int = Settings.model_fields["max_image_pixels"].default,
+    *,
+    may_hold_booleans: bool = True,
 ) -> np.ndarray:
     """Check an infer request's one tensor; return pixels ``[N, 784]`` float32 in [0, 1].
 
@@ -62,7 +72,8 @@ def tensor_pixels(
         max_images: the most images a request may carry.
         binary: the bytes after the JSON header (binary tensor data extension).
         max_image_pixels: the most pixels the images of a BYTES tensor may decode to,
-            in all (each image gets an equal share).
+            in all (see :func:`_decoded`).
+        may_hold_booleans: False when the JSON text has no ``true`` or ``false``.
     """
     tensor = _one_tensor(payload)
     datatype = tensor.get("datatype")
@@ -72,11 +83,10 @@ def tensor_pixels(
     raw = _tensor_bytes(tensor, binary)
     if datatype == IMAGE_DATATYPE:
         files = _split_files(raw, images) if raw is not None else _base64_files(tensor, images)
-        # one request decodes at most what one /predict upload may: the cap is shared
-        return _decoded(files, max_image_pixels // images)
+        return _decoded(files, max_image_pixels)
     count = images * IMAGE_PIXELS
     if raw is None:
-        values = _json_values(tensor.get("data"), DTYPES[datatype].kind == "f", tensor["shape"])
+        values = _json_values(tensor.get("data"), tensor["shape"], may_hold_booleans)
     else:
         values = _binary_values(raw, DTYPES[datatype], count)
     return _to_unit(values, datatype).reshape(images, IMAGE_PIXELS)
@@ -127,18 +137,13 @@ def _tensor_bytes(tensor: dict[str, Any], binary: bytes | memoryview) -> memoryv
     return memoryview(binary)
 
 
-def _json_values(data: object, floats: bool, shape: list[int]) -> np.ndarray:
+def _json_values(data: object, shape: list[int], may_hold_booleans: bool) -> np.ndarray:
     if data is None:
         raise InputError(f"{INPUT_NAME!r} needs data, or {BINARY_SIZE} and binary data")
     count = shape[0] * IMAGE_PIXELS
-    try:
-        # the fastest parse of each: floats as float64, integers with their type inferred
-        # (which refuses strings too; float64 would read "1" as 1.0)
-        values = np.asarray(data, dtype=np.float64 if floats else None)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InputError(f"data must be a flat or nested list of numbers ({exc})") from exc
-    if values.dtype.kind not in "iuf":
-        raise InputError("data must be a flat or nested list of numbers (not strings or booleans)")
+    values = numeric_array(
+        data, "data must be a flat or nested list of numbers", may_hold_booleans=may_hold_booleans
+    )
     if values.size != count:
         raise InputError(f"data has {values.size} values; shape {shape} needs {count}")
     return values.reshape(-1)
@@ -192,18 +197,46 @@ def _base64_files(tensor: dict[str, Any], count: int) -> list[bytes]:
     try:
         return [base64.b64decode(text, validate=True) for text in data]
     except (binascii.Error, ValueError) as exc:
-        raise InputError(f"BYTES data in JSON must be base64 ({exc})") from exc
+        raise InputError(f"BYTES data in JSON must be base64 ({exception_text(exc)})") from exc
 
 
 def _decoded(files: list[bytes], max_image_pixels: int) -> np.ndarray:
-    """One row of pixels per PNG/JPEG file, through /predict's image pipeline."""
-    rows = []
+    """One row of pixels per PNG/JPEG file, through /predict's image pipeline.
+
+    The images of one request share one upload's pixel cap, counted as they will decode
+    (a JPEG at its reduced scale), and every header is read before anything is decoded.
+    A request thus costs at most what one /predict upload may: each image's own cap
+    would let 256 small files that decode to 4M pixels each cost 256 uploads' time.
+    Images of unequal size share it as they need (one photo and 200 small crops fit).
+    """
+    opened, total = [], 0
     for index, data in enumerate(files):
-        try:
-            rows.append(image_to_pixels(data, max_image_pixels))
-        except InputError as exc:
-            raise InputError(f"image {index}: {exc}", exc.http_status) from exc
+        with _numbered(index):
+            image = open_image(data, max_image_pixels)
+        width, height = image.size
+        total += width * height
+        if total > max_image_pixels:
+            raise InputError(
+                f"images 0-{index} of {len(files)} decode to {total} pixels; the images of "
+                f"one request may decode to {max_image_pixels} in all, as one upload may "
+                "(send fewer or smaller images per request)",
+                status=413,
+            )
+        opened.append(image)
+    rows = []
+    for index, image in enumerate(opened):
+        with _numbered(index):
+            rows.append(opened_to_pixels(image))
     return np.concatenate(rows)
+
+
+@contextmanager
+def _numbered(index: int) -> Iterator[None]:
+    """An image's refusal, saying which image of the tensor it is."""
+    try:
+        yield
+    except InputError as exc:
+        raise InputError(f"image {index}: {exc}", exc.http_status) from exc
 
 
 def raw_pixels(body: bytes) -> np.ndarray:

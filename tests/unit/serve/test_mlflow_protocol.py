@@ -172,7 +172,21 @@ REFUSALS: list[tuple[str, bytes | str, str, int, str]] = [
         json.dumps({"inputs": [[None] * 784]}),
         "application/json",
         400,
-        "finite numbers in [0, 1]",
+        "strings, booleans and null are not numbers",
+    ),
+    (
+        "numbers as strings",
+        json.dumps({"inputs": [["0.5"] * 784]}),
+        "application/json",
+        400,
+        "strings, booleans and null are not numbers",
+    ),
+    (
+        "a boolean among numbers",
+        json.dumps({"inputs": [[True] + [0.5] * 783]}),
+        "application/json",
+        400,
+        "strings, booleans and null are not numbers",
     ),
     (
         "0-255",

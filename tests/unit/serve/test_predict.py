@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections.abc import Callable
 
 import anyio
@@ -11,8 +12,9 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from mnistops import imaging
 from tests.unit.serve.conftest import MODEL_NAME, started_client
 
 pytestmark = [pytest.mark.unit, pytest.mark.anyio]
@@ -79,6 +81,21 @@ REFUSALS = [
         'as "images"',
     ),
     ("strings", json.dumps({"image": ["a"] * 784}), "application/json", 400, "must be numbers"),
+    (
+        "numbers as strings",
+        json.dumps({"image": ["1"] * 784}),
+        "application/json",
+        400,
+        "strings, booleans and null are not numbers",
+    ),
+    (
+        "a boolean among numbers",
+        json.dumps({"images": [[0.5] * 784, [True] + [0.5] * 783]}),
+        "application/json",
+        400,
+        "strings, booleans and null are not numbers",
+    ),
+    ("a null", json.dumps({"image": [None] * 784}), "application/json", 400, "null are not"),
     ("NaN", b'{"image": [' + b"NaN," * 783 + b"1]}", "application/json", 400, "NaN"),
     ("negative", json.dumps({"image": [-1] * 784}), "application/json", 400, "integers 0-255"),
     ("over 255", json.dumps({"image": [256] * 784}), "application/json", 400, "integers 0-255"),
@@ -93,6 +110,13 @@ REFUSALS = [
     ("batch of 4", json.dumps({"images": [[0] * 784] * 4}), "application/json", 413, "limit of 3"),
     ("text", b"hello", "text/plain", 415, "send application/json, multipart/form-data"),
     ("corrupt png", b"\x89PNG\r\n\x1a\nnot really", "image/png", 400, "PNG or JPEG"),
+    (
+        "not an image",
+        b"GIF89a...",
+        "image/png",
+        400,
+        "not a readable PNG or JPEG image (cannot identify image file)",
+    ),
     ("empty png", b"", "image/png", 400, "send PNG or JPEG bytes"),
 ]
 
@@ -155,3 +179,63 @@ async def test_concurrent_requests_are_answered_in_calls_within_the_batch_limit(
                 group.start_soon(one, client)
     calls = app.state.runtime.slot.current.calls
     assert sum(calls) == 30 and max(calls) <= 4, calls
+
+
+async def test_an_error_message_carries_no_python_object_reprs(client: httpx.AsyncClient) -> None:
+    headers = {"content-type": "image/jpeg"}
+    response = await client.post("/predict", content=b"not a jpeg", headers=headers)
+    assert response.status_code == 400
+    assert "object at 0x" not in response.json()["error"]
+
+
+def _decode_threads(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
+    """The thread of each image normalised from now on."""
+    threads: list[threading.Thread] = []
+    normalise = imaging.normalise_image
+
+    def spy(gray: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread())
+        return normalise(gray)
+
+    monkeypatch.setattr(imaging, "normalise_image", spy)
+    return threads
+
+
+@pytest.mark.parametrize("upload", ["multipart", "raw"])
+async def test_a_large_upload_is_decoded_off_the_event_loop_a_small_one_inline(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, upload: str
+) -> None:
+    threads = _decode_threads(monkeypatch)
+    for size in (28, 600):  # 784 pixels, then 360,000: over the inline limit
+        if upload == "multipart":
+            files = {"file": ("digit.png", _png(255, size), "image/png")}
+            response = await client.post("/predict", files=files)
+        else:
+            headers = {"content-type": "image/png"}
+            response = await client.post("/predict", content=_png(255, size), headers=headers)
+        assert response.status_code == 200, response.text
+    assert threads[0] is threading.current_thread()
+    assert threads[1] is not threading.current_thread()
+
+
+async def test_a_tiny_png_of_a_huge_image_is_refused_413_without_decoding(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = _decode_threads(monkeypatch)
+    buffer = io.BytesIO()
+    Image.new("1", (6300, 6300)).save(buffer, "PNG")  # 5 KB, 40 million pixels
+    headers = {"content-type": "image/png"}
+    response = await client.post("/predict", content=buffer.getvalue(), headers=headers)
+    assert response.status_code == 413, response.text
+    assert "6300x6300 = 39690000 pixels; at most 4194304" in response.json()["error"]
+    assert threads == []
+
+
+async def test_a_phone_photo_jpeg_is_accepted(client: httpx.AsyncClient) -> None:
+    photo = Image.new("RGB", (4000, 3000), (200, 200, 190))
+    ImageDraw.Draw(photo).line([(2000, 600), (2000, 2400)], fill=(40, 40, 60), width=200)
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=85)  # 12 million pixels, decoded at 1/4 scale
+    headers = {"content-type": "image/jpeg"}
+    response = await client.post("/predict", content=buffer.getvalue(), headers=headers)
+    assert response.status_code == 200, response.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from mnistops import imaging
 from mnistops.config import Settings
 from mnistops.ids import ISSUED
 from mnistops.imaging import InputError
@@ -189,16 +191,46 @@ async def test_png_files_in_a_bytes_tensor_go_through_the_image_pipeline(
 
 
 async def test_the_images_of_one_request_share_one_upload_s_pixel_cap(
-    make_app: Callable[..., FastAPI],
+    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    decoded = _count_decodes(monkeypatch)
     files = [base64.b64encode(_png(0)).decode()] * 2  # 40x40 = 1,600 pixels each
     request = {"inputs": [{"name": "pixels", "shape": [2], "datatype": "BYTES", "data": files}]}
     async for client in started_client(make_app(max_image_pixels=3000)):
         response = await client.post(INFER, json=request)
         assert response.status_code == 413, response.text
-        assert "image 0: image is 40x40 = 1600 pixels; at most 1500" in response.json()["error"]
-        request["inputs"][0].update(shape=[1], data=files[:1])
+        assert "images 0-1 of 2 decode to 3200 pixels" in response.json()["error"]
+        assert "may decode to 3000 in all" in response.json()["error"]
+        assert decoded == []  # every header is read before any image is decoded
+        small = Image.fromarray(np.zeros((20, 20), np.uint8))  # 400 pixels: it fits beside
+        buffer = io.BytesIO()
+        small.save(buffer, "PNG")
+        request["inputs"][0]["data"] = [files[0], base64.b64encode(buffer.getvalue()).decode()]
         assert (await client.post(INFER, json=request)).status_code == 200
+
+
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
+    """The thread of each image normalised from now on."""
+    threads: list[threading.Thread] = []
+    normalise = imaging.normalise_image
+
+    def spy(gray: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread())
+        return normalise(gray)
+
+    monkeypatch.setattr(imaging, "normalise_image", spy)
+    return threads
+
+
+async def test_encoded_images_are_decoded_off_the_event_loop(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded = _count_decodes(monkeypatch)
+    files = [base64.b64encode(_png(0)).decode()] * 3
+    request = {"inputs": [{"name": "pixels", "shape": [3], "datatype": "BYTES", "data": files}]}
+    response = await client.post(INFER, json=request)
+    assert response.status_code == 200, response.text
+    assert len(decoded) == 3 and threading.current_thread() not in decoded
 
 
 async def test_the_id_is_echoed_as_sent_and_the_log_key_is_always_the_servers(
@@ -245,8 +277,12 @@ BAD_TENSORS = [
     (_tensor(shape=[0, 784], data=[]), "shape[0] (images) must be 1..256"),
     (_tensor(data=[0] * 10), "data has 10 values; shape [1, 784] needs 784"),
     (_tensor(data=["a"] * 784), "data must be a flat or nested list of numbers"),
-    (_tensor(data=["1"] * 784), "not strings"),
-    (_tensor(data=[True] * 784), "not strings or booleans"),
+    (_tensor(data=["1"] * 784), "strings, booleans and null are not numbers"),
+    (_tensor(data=[True] * 784), "strings, booleans and null are not numbers"),
+    (_tensor(data=[True] + [0] * 783), "strings, booleans and null are not numbers"),
+    (_tensor(datatype="FP32", data=["0.5"] * 784), "strings, booleans and null are not numbers"),
+    (_tensor(datatype="FP32", data=[False] + [0.5] * 783), "booleans and null are not numbers"),
+    (_tensor(datatype="FP32", data=[None] * 784), "strings, booleans and null are not numbers"),
     (_tensor(data=[[0] * 784, [0]]), "data must be a flat or nested list of numbers"),
     (_tensor(data=None), "needs data, or binary_data_size"),
     (_tensor(data=[300] * 784), "UINT8 values must be finite and within [0, 255]"),

@@ -46,7 +46,7 @@ def score_frame(
     *,
     calibration: dict[str, Any] | None,
     version: str,
-    max_pixels: int = 40_000_000,
+    max_pixels: int = Settings.model_fields["max_image_pixels"].default,
 ) -> Any:
     """``frame`` with the version's scores beside its rows.
 

@@ -1,0 +1,393 @@
+"""The service under attack: saturating mixed load, overload, hot swaps under load and SIGTERM
+under load, each measured on a real server with wrk; the figures go to docs/reliability.md.
+
+Run it with ``make stress`` (about six minutes), or alone::
+
+    python -m bench.attack [--saturate-seconds 60] [--out docs/reliability.md]
+
+Every scenario's short form runs in ``make test`` (the tests named in the document).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench import load
+from bench.servers import free_port, tree_rss_mb
+from bench.serving import Contender, mnistops_server, running
+from bench.workspace import WORK, export_champion, log, sample_image
+
+DOC = Path(__file__).parents[1] / "docs" / "reliability.md"
+ADMIN_TOKEN = "attack-token"
+SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+@dataclass
+class Figures:
+    """What one scenario measured, as lines of the document."""
+
+    title: str
+    command: str
+    lines: list[str] = field(default_factory=list)
+    met: bool = True
+    outputs: list[str] = field(default_factory=list)
+
+
+def _socket_errors(output: str) -> dict[str, int]:
+    found = SOCKET_ERRORS.search(output)
+    names = ("connect", "read", "write", "timeout")
+    return (
+        dict(zip(names, map(int, found.groups()), strict=True))
+        if found
+        else dict.fromkeys(names, 0)
+    )
+
+
+def _non_2xx(output: str) -> int:
+    found = NON_2XX.search(output)
+    return int(found.group(1)) if found else 0
+
+
+def _png() -> bytes:
+    pixels = (np.array(sample_image(), dtype=np.float32).reshape(28, 28) * 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _v2_json() -> bytes:
+    tensor = {"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": list(sample_image())}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def _v2_binary() -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": [1, 784],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 784 * 4},
+                }
+            ]
+        }
+    ).encode()
+    body = header + np.array(sample_image(), dtype="<f4").tobytes()
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+    return body, headers
+
+
+def _post(url: str, body: bytes, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def _grpc_loop(port: int, stop: threading.Event, outcomes: Counter[str]) -> None:
+    """ModelInfer in a loop through Triton's client until ``stop``; outcomes counted."""
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    pixels = np.array(sample_image(), dtype=np.float32).reshape(1, 784)
+    tensor = triton.InferInput("pixels", [1, 784], "FP32")
+    tensor.set_data_from_numpy(pixels)
+    while not stop.is_set():
+        try:
+            client.infer("mnist-classifier", [tensor], client_timeout=10)
+            outcomes["ok"] += 1
+        except Exception as exc:  # noqa: BLE001 (every failure is counted, by kind)
+            outcomes[type(exc).__name__] += 1
+    client.close()
+
+
+# --- scenarios ---------------------------------------------------------------------------
+def saturating(model: Path, seconds: float) -> Figures:
+    """Mixed JSON, PNG, v2 JSON, v2 binary and gRPC at the most the machine takes."""
+    figures = Figures(
+        f"Saturating load: {seconds:g} s of mixed protocols",
+        f"python -m bench.attack --only saturating --saturate-seconds {seconds:g}",
+    )
+    grpc_port = free_port()
+    server = mnistops_server("attack saturating", model, MNISTOPS_GRPC_PORT=str(grpc_port))
+    base = server.url.removesuffix("/predict")
+    binary, binary_headers = _v2_binary()
+    streams = [
+        (server.url, [server.body], 24, load.JSON_HEADERS, False),
+        (server.url, [_png()], 12, {"Content-Type": "image/png"}, True),
+        (f"{base}/v2/models/mnist-classifier/infer", [_v2_json()], 12, load.JSON_HEADERS, False),
+        (f"{base}/v2/models/mnist-classifier/infer", [binary], 8, binary_headers, True),
+    ]
+    with running(server) as process:
+
+        def mixed(duration: float) -> tuple[list[load.WrkRun], Counter[str]]:
+            stop, outcomes = threading.Event(), Counter[str]()
+            grpc = threading.Thread(target=_grpc_loop, args=(grpc_port, stop, outcomes))
+            grpc.start()
+            with contextmanagers(streams, duration) as pending:
+                runs = [p.finish() for p in pending]
+            stop.set()
+            grpc.join(30)
+            return runs, outcomes
+
+        mixed(10)  # warm-up
+        warm = tree_rss_mb(process.process.pid)
+        runs, grpc = mixed(seconds)
+        after = tree_rss_mb(process.process.pid)
+        requests = sum(r.load.requests for r in runs) + sum(grpc.values())
+        errors = sum(r.load.bad for r in runs)
+        errors += sum(v for k, v in grpc.items() if k != "ok")
+        growth = (after - warm) / warm
+        figures.met = errors == 0 and growth <= 0.10
+        figures.lines += [
+            f"{requests:,} requests ({requests / seconds:,.0f}/s: JSON, PNG, v2 JSON, v2 binary "
+            f"and gRPC at once), {errors} errors (target 0)",
+            f"gRPC: {dict(grpc)}",
+            f"resident memory after warm-up {warm:.0f} MB, after the run {after:.0f} MB "
+            f"({growth:+.1%}; target within 10 %)",
+        ]
+        figures.outputs += [r.output for r in runs]
+    return figures
+
+
+@contextmanager
+def contextmanagers(
+    streams: list[tuple[str, list[bytes], int, dict[str, str], bool]], seconds: float
+) -> Iterator[list[load.PendingRun]]:
+    """Start one wrk per stream, all at once."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(
+                load.started(
+                    url, bodies, connections=c, seconds=seconds, headers=headers, binary=binary
+                )
+            )
+            for url, bodies, c, headers, binary in streams
+        ]
+
+
+def overload(model: Path, seconds: float = 20) -> Figures:
+    """c=1024 against a bound of 128 in flight: fast 503s, no timeouts, then normal service."""
+    figures = Figures(
+        f"Overload: c=1024 for {seconds:g} s", "python -m bench.attack --only overload"
+    )
+    server = mnistops_server("attack overload", model)
+    with running(server):
+        seen: Counter[str] = Counter()
+        stop = threading.Event()
+
+        def probe() -> None:
+            while not stop.is_set():
+                status, headers, _ = _post(server.url, server.body, timeout=15)
+                retry = "with Retry-After" if "Retry-After" in headers else "no Retry-After"
+                seen[f"{status} {retry}" if status == 503 else str(status)] += 1
+                time.sleep(0.05)
+
+        with load.started(server.url, [server.body], connections=1024, seconds=seconds) as pending:
+            prober = threading.Thread(target=probe)
+            prober.start()
+            run = pending.finish()
+            stop.set()
+            prober.join(30)
+        started = time.perf_counter()
+        status, _, _ = _post(server.url, server.body)
+        after_ms = (time.perf_counter() - started) * 1000
+        errors = _socket_errors(run.output)
+        figures.met = errors["timeout"] == 0 and status == 200
+        figures.lines += [
+            f"{run.load.requests:,} answers, {_non_2xx(run.output):,} of them 503 (shed past "
+            f"max_in_flight); p50 {run.load.p50_ms:.1f} ms, p99 {run.load.p99_ms:.1f} ms over all",
+            f"socket errors {errors} (target: 0 timeouts)",
+            f"a probe during the flood saw {dict(seen)}",
+            f"the first request after it: {status} in {after_ms:.1f} ms",
+        ]
+        figures.outputs.append(run.output)
+    return figures
+
+
+def hot_swaps(model: Path, swaps: int = 10, seconds_between: float = 2.0) -> Figures:
+    """Two versions swapped in turn under load: no failed request, every answer's version."""
+    figures = Figures(f"Hot swap x{swaps} under load", "python -m bench.attack --only hot_swaps")
+    folders = WORK / "attack-versions"
+    shutil.rmtree(folders, ignore_errors=True)
+    versions = {}
+    for name in ("a", "b"):
+        copy = folders / name
+        shutil.copytree(model, copy)
+        metadata = json.loads((copy / "metadata.json").read_text())
+        metadata["version"] = versions[name] = f"swap-{name}"
+        (copy / "metadata.json").write_text(json.dumps(metadata))
+    current = folders / "current"
+    current.symlink_to(folders / "a")
+    server = mnistops_server("attack hot swaps", current, MNISTOPS_ADMIN_TOKEN=ADMIN_TOKEN)
+    base = server.url.removesuffix("/predict")
+    with running(server):
+        answered: Counter[str] = Counter()
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                status, _, body = _post(server.url, server.body)
+                version = json.loads(body).get("model_version") if status == 200 else None
+                answered[f"{status} {version}"] += 1
+
+        clients = [threading.Thread(target=client) for _ in range(4)]
+        reloads: Counter[str] = Counter()
+        with load.started(
+            server.url, [server.body], connections=32, seconds=swaps * seconds_between + 2
+        ) as pending:
+            for thread in clients:
+                thread.start()
+            for i in range(swaps):
+                time.sleep(seconds_between)
+                target = folders / ("b" if i % 2 == 0 else "a")
+                current.unlink()
+                current.symlink_to(target)
+                request = urllib.request.Request(
+                    f"{base}/admin/reload",
+                    method="POST",
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                )
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    reloads[json.loads(response.read())["model_version"]] += 1
+            run = pending.finish()
+            stop.set()
+            for thread in clients:
+                thread.join(30)
+        failed = run.load.bad
+        failed += sum(v for k, v in answered.items() if not k.startswith("200 swap-"))
+        figures.met = failed == 0 and sum(reloads.values()) == swaps
+        figures.lines += [
+            f"{swaps} swaps ({dict(reloads)} after each), {run.load.requests:,} requests from "
+            f"wrk at c=32 and {sum(answered.values()):,} checked ones: {failed} failed (target 0)",
+            f"the checked answers by status and the version that made them: {dict(answered)}",
+        ]
+        figures.outputs.append(run.output)
+    return figures
+
+
+def sigterm(model: Path, connections: int, seconds: float = 8) -> Figures:
+    """SIGTERM a third of the way into a wrk run: requests sent are answered, exit 0."""
+    figures = Figures(
+        f"SIGTERM under load at c={connections}",
+        f"python -m bench.attack --only sigterm_{connections}",
+    )
+    server = mnistops_server(f"attack sigterm c={connections}", model)
+    contender = Contender(server.name, server.argv, server.env, server.url, server.body)
+    with (
+        running(contender) as process,
+        load.started(
+            server.url, [server.body], connections=connections, seconds=seconds
+        ) as pending,
+    ):
+        time.sleep(seconds / 3)
+        signalled = time.monotonic()
+        os.killpg(process.process.pid, signal.SIGTERM)
+        code = process.process.wait(60)
+        exit_s = time.monotonic() - signalled
+        pending.process.send_signal(signal.SIGINT)  # wrk stops and reports at once
+        run = pending.finish()
+    errors = _socket_errors(run.output)
+    # a request sent on an open connection and never answered is a read error (reset)
+    # or a timeout; writes and connects that fail are new connections refused after the
+    # listening socket closed, which a client retries elsewhere
+    failed = errors["read"] + errors["timeout"]
+    figures.met = failed == 0 and code == 0
+    refused = errors["connect"] + errors["write"]
+    figures.lines += [
+        f"exit {code} {exit_s:.1f} s after SIGTERM (grace 10 s); {run.load.requests:,} answers, "
+        f"{_non_2xx(run.output):,} of them non-2xx (past max_in_flight=128 a request is shed "
+        "with 503 and Retry-After, SIGTERM or not)",
+        f"requests sent and not answered (read errors, timeouts): {failed} (target 0); "
+        f"new connections refused once the port had closed: {refused:,}",
+    ]
+    figures.outputs.append(run.output)
+    return figures
+
+
+# --- the document ----------------------------------------------------------------------------
+def render(results: list[Figures]) -> str:
+    """The measured part of docs/reliability.md."""
+    out = []
+    for figures in results:
+        verdict = "met" if figures.met else "NOT met"
+        out += [f"### {figures.title} ({verdict})", "", f"`{figures.command}`", ""]
+        out += [f"- {line}" for line in figures.lines]
+        out += ["", "<details><summary>wrk</summary>", "", "```"]
+        out += [o.strip() for o in figures.outputs]
+        out += ["```", "", "</details>", ""]
+    return "\n".join(out)
+
+
+MEASURED_START = "<!-- measured: bench.attack writes from here -->"
+MEASURED_END = "<!-- measured: end -->"
+
+
+def write(results: list[Figures], path: Path) -> None:
+    """Replace the measured part of ``path`` (between its markers) with ``results``."""
+    text = path.read_text() if path.exists() else f"{MEASURED_START}\n{MEASURED_END}\n"
+    head, rest = text.split(MEASURED_START, 1)
+    _, tail = rest.split(MEASURED_END, 1)
+    stamp = time.strftime("%Y-%m-%d")
+    measured = f"Measured by `make stress` on {stamp}, 2 cores, load from wrk on loopback.\n\n"
+    path.write_text(f"{head}{MEASURED_START}\n{measured}{render(results)}\n{MEASURED_END}{tail}")
+
+
+SCENARIOS = ("saturating", "overload", "hot_swaps", "sigterm_64", "sigterm_256")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=SCENARIOS)
+    parser.add_argument("--saturate-seconds", type=float, default=60.0)
+    parser.add_argument("--out", type=Path, default=DOC)
+    args = parser.parse_args(argv)
+    model = export_champion()
+    chosen = args.only or list(SCENARIOS)
+    results = []
+    for name in chosen:
+        log(f"attack: {name}")
+        if name == "saturating":
+            results.append(saturating(model, args.saturate_seconds))
+        elif name == "overload":
+            results.append(overload(model))
+        elif name == "hot_swaps":
+            results.append(hot_swaps(model))
+        else:
+            results.append(sigterm(model, int(name.split("_")[1])))
+        log("\n".join(results[-1].lines))
+    write(results, args.out)
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,8 @@ from mnistops.bundle import ModelBundle
 from tests.support.server import RunningServer, run_server
 
 pytestmark = pytest.mark.integration
-CASES = 600
+CASES = int(os.environ.get("MNISTOPS_FUZZ_CASES", "600"))
+"""Generated requests in all (``make stress``: 1,000 per operation's share, at least)."""
 Operation = schemathesis.APIOperation[Any, Any, Any, Any]
 
 

@@ -64,7 +64,10 @@ lint: install-dev  ## ruff, mypy and actionlint
 bench: install-dev  ## Side-by-side benchmarks; writes bench/results.md
 	$(BIN)/python -m bench.run
 
-stress: install-dev  ## Long load and fault runs
+FUZZ_TESTS = tests/unit/serve/test_fuzz.py tests/integration/test_serve_fuzz.py tests/integration/test_oip.py
+stress: install-dev  ## Long load, attack and fault runs; writes docs/reliability.md and bench/stress.md
+	MNISTOPS_FUZZ_CASES=1000 $(BIN)/python -m pytest -k "never or generated" $(FUZZ_TESTS)
+	$(BIN)/python -m bench.attack
 	$(BIN)/python -m bench.run --stress
 
 image: install  ## Build mnistops:latest serving the current champion (docker or podman)

@@ -14,6 +14,7 @@ from fastapi import Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from mnistops.auth import check_bearer
 from mnistops.errors import MnistopsError
@@ -26,6 +27,9 @@ STATIC = Path(__file__).with_name("static")
 REQUEST_ID_HEADER = "X-Request-ID"
 JSON = "application/json"
 API_LISTED = "the routes and their bodies are listed at /docs"
+CLIENT_CLOSED = 499
+"""nginx's status for a request whose client hung up before it was answered: neither the
+service's failure (5xx, which pages someone) nor a refusal the client will read."""
 VALIDATION_PROBLEMS_SHOWN = 5
 """A 422 lists at most this many problems of a request body."""
 
@@ -69,11 +73,16 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     return refusal(message, exc.status_code, exc.headers)
 
 
+async def _client_closed(request: Request, exc: ClientDisconnect) -> Response:
+    return refusal("the client closed the connection before its body was read", CLIENT_CLOSED)
+
+
 Handler = Callable[[Request, Any], Coroutine[Any, Any, Response]]
 EXCEPTION_HANDLERS: dict[int | type[Exception], Handler] = {
     MnistopsError: _refused,  # every refusal of ours: its http_status
     RequestValidationError: _invalid,  # a pydantic-declared body (POST /feedback): 422
     StarletteHTTPException: _http_error,  # unknown route, wrong method, admin auth
+    ClientDisconnect: _client_closed,  # an upload aborted: counted 499, not 500
 }
 """The one map from exception to response, handed to ``FastAPI(exception_handlers=)``."""
 

@@ -128,3 +128,42 @@ async def test_openapi_documents_the_bodies(client: httpx.AsyncClient) -> None:
     predict = paths["/predict"]["post"]["requestBody"]["content"]
     assert set(predict) == {"application/json", "multipart/form-data", "image/png", "image/jpeg"}
     assert "/v2/models/{name}/infer" in paths
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/mnist-classifier/infer", "/invocations"])
+async def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_500(
+    make_app: Callable[..., FastAPI], path: str
+) -> None:
+    """An aborted upload was counted as a 500 and fed the error-ratio alert."""
+    app = make_app()
+    parts = [
+        {"type": "http.request", "body": b'{"image": [0.1, 0.2', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return parts.pop(0) if parts else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"5000")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    async for _ in started_client(app):
+        await app(scope, receive, send)  # type: ignore[arg-type]
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    assert [m["status"] for m in starts] == [499]

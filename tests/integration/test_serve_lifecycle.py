@@ -141,3 +141,24 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(
         assert before > 50
         # Every answered request succeeded; after the socket closed, clients could not connect.
         assert not [o for o in load.outcomes if o.isdigit() and o != "200"], load.outcomes
+
+
+def test_sigterm_under_keep_alive_load_answers_every_request_already_sent(
+    trained_bundle: ModelBundle, mnist: Mnist, tmp_path: Path
+) -> None:
+    """Idle keep-alive connections were closed the moment the drain began, dropping the
+    request a client had just sent on one (wrk saw read errors); now they linger."""
+    env = {"MNISTOPS_GRACE_PERIOD_S": "5"}
+    with run_server(str(trained_bundle.path), free_port(), tmp_path, env) as srv:
+        with Load(srv.url, mnist, threads=16) as load:
+            time.sleep(1.0)
+            srv.process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            code = srv.process.wait(15)
+            took = time.monotonic() - started
+            time.sleep(0.2)  # every thread has seen the listening socket gone
+        assert code == 0, srv.log()
+        assert took <= 5 + 1
+        assert load.outcomes["200"] > 50, load.outcomes
+        # a request sent is answered; only a new connection, after the socket closed, is refused
+        assert set(load.outcomes) <= {"200", "ConnectError"}, load.outcomes

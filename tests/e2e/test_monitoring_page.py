@@ -34,7 +34,7 @@ def live(trained_bundle: ModelBundle, tmp_path: Path) -> Iterator[RunningServer]
 @pytest.fixture
 def page(live: RunningServer) -> Iterator[Page]:
     with chromium() as browser:
-        page = browser.new_page()
+        page = browser.new_page(bypass_csp=True)  # wait_for_function evaluates strings
         requested: list[str] = []
         page.on("request", lambda request: requested.append(request.url))
         page.goto(live.url + "/monitoring")

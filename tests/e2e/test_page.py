@@ -64,7 +64,8 @@ def browser(live: RunningServer) -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def page(browser: Browser, live: RunningServer) -> Page:
-    page = browser.new_page()
+    # wait_for_function evaluates its string as code, which the page's policy forbids
+    page = browser.new_page(bypass_csp=True)
     page.goto(live.url + "/")
     return page
 
@@ -139,3 +140,27 @@ def test_telling_the_right_digit_records_feedback_once(
     )
     metrics = live.client().get("/metrics").text
     assert 'mnistops_feedback_total{correct="false"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("path", ["/", "/monitoring"])
+def test_the_pages_run_under_their_content_security_policy(
+    browser: Browser, live: RunningServer, path: str
+) -> None:
+    """The pages' own inline script and style are allowed by hash; nothing is refused."""
+    refused: list[str] = []
+    requested: list[str] = []
+    page = browser.new_page()
+    page.on("console", lambda m: refused.append(m.text) if "Security Policy" in m.text else None)
+    page.on("pageerror", lambda error: refused.append(str(error)))
+    page.on("request", lambda request: requested.append(request.url))
+    response = page.goto(live.url + path)
+    assert response is not None
+    assert "script-src 'sha256-" in response.headers["content-security-policy"]
+    assert response.headers["x-frame-options"] == "DENY"
+    page.wait_for_load_state("networkidle")
+    if path == "/monitoring":  # its script ran: it asked for the summary
+        assert any(url.endswith("/monitoring/summary") for url in requested), requested
+    else:  # its script ran: the canvas was given its size and listeners
+        page.locator("canvas").first.click()
+    assert not refused, refused
+    page.close()

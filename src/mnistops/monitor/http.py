@@ -21,6 +21,7 @@ from mnistops.auth import check_bearer
 from mnistops.config import Settings
 from mnistops.errors import AlreadyLabelledError, MonitorUnavailableError
 from mnistops.ids import issued_at
+from mnistops.pages import html_page
 
 JSON = "application/json"
 PAGE = Path(__file__).with_name("static") / "monitor.html"
@@ -69,7 +70,7 @@ def monitor_router(monitor: DriftAndFeedback, settings: Settings) -> APIRouter:
     @router.get("/monitoring", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         """The live monitoring page (no external assets; it polls /monitoring/summary)."""
-        return HTMLResponse(_page_html())
+        return html_page(_page_html())
 
     @router.get("/monitoring/summary")
     async def summary() -> Response:

@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 from mnistops.auth import check_bearer
 from mnistops.errors import MnistopsError
 from mnistops.ids import new_request_id
+from mnistops.pages import html_page
 from mnistops.serve import schemas
 from mnistops.serve.runtime import RuntimeDep
 
@@ -108,5 +109,5 @@ def _page_html() -> str:
 
 
 def page() -> HTMLResponse:
-    """The draw-a-digit page (read from the package once)."""
-    return HTMLResponse(_page_html())
+    """The draw-a-digit page (read from the package once), with its security headers."""
+    return html_page(_page_html())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -167,3 +169,15 @@ async def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_500(
         await app(scope, receive, send)  # type: ignore[arg-type]
     starts = [m for m in sent if m["type"] == "http.response.start"]
     assert [m["status"] for m in starts] == [499]
+
+
+async def test_the_page_carries_its_security_headers(client: httpx.AsyncClient) -> None:
+    response = await client.get("/")
+    policy = response.headers["content-security-policy"]
+    script = response.text.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in policy and "frame-ancestors 'none'" in policy
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["referrer-policy"] == "no-referrer"

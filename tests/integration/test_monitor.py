@@ -150,11 +150,17 @@ def _monitor_pid(server_pid: int, timeout: float = 30) -> int:
     raise AssertionError("no monitor process found")
 
 
+def _monitor_dropped(metrics: str) -> float:
+    """Predictions the serving side counted as never reaching the monitor's log."""
+    return sum(
+        float(v) for v in re.findall(r"^mnistops_monitor_dropped_total (\S+)$", metrics, re.M)
+    )
+
+
 def _dropped(metrics: str) -> float:
     """Predictions the monitor never logged, and rows its log dropped."""
-    monitor = re.findall(r"^mnistops_monitor_dropped_total (\S+)$", metrics, re.M)
     log = re.findall(r"^mnistops_prediction_log_rows_dropped_total\{[^}]*\} (\S+)$", metrics, re.M)
-    return sum(float(v) for v in monitor + log)
+    return _monitor_dropped(metrics) + sum(float(v) for v in log)
 
 
 def _logged_ids(database: Path) -> list[str]:
@@ -248,10 +254,7 @@ def test_a_stopped_monitor_process_never_holds_up_serving(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             metrics = client.get("/metrics").text
-            dropped = sum(
-                float(v)
-                for v in re.findall(r"^mnistops_monitor_dropped_total (\S+)$", metrics, re.M)
-            )
+            dropped = _monitor_dropped(metrics)
             if _predictions_total(metrics) + dropped >= expected:
                 break
             time.sleep(0.5)

@@ -13,11 +13,10 @@ import pytest
 from grpc_tools import protoc
 from PIL import Image
 
-from mnistops import imaging
 from mnistops.config import Settings
 from mnistops.serve import grpc_api
 from mnistops.serve.app import create_app
-from tests.unit.serve.conftest import MODEL_NAME, fake_loader, write_bundle
+from tests.unit.serve.conftest import MODEL_NAME, decode_threads, fake_loader, write_bundle
 
 pytestmark = pytest.mark.unit
 PROTOCOL = resources.files("mnistops.serve.protocol")
@@ -68,14 +67,7 @@ def test_a_typed_request_becomes_the_http_protocols_tensor() -> None:
 async def test_encoded_images_are_decoded_off_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    threads: list[threading.Thread] = []
-    normalise = imaging.normalise_image
-
-    def spy(gray: np.ndarray) -> np.ndarray:
-        threads.append(threading.current_thread())
-        return normalise(gray)
-
-    monkeypatch.setattr(imaging, "normalise_image", spy)
+    threads = decode_threads(monkeypatch)
     bundle = write_bundle(tmp_path / "model")
     settings = Settings(
         home=tmp_path / "home", model_uri=str(bundle.path), monitoring=False, reload_interval_s=0

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from mnistops import restarts
 from mnistops.restarts import Backoff
 
 pytestmark = pytest.mark.unit
@@ -23,7 +24,7 @@ def test_a_process_that_lived_steadily_is_started_again_after_the_first_wait(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = [100.0]
-    monkeypatch.setattr(restarts.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     backoff = Backoff(first=1, most=8, steady=60)
     for _ in range(4):
         backoff.started()

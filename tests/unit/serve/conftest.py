@@ -4,6 +4,7 @@ called through httpx's ASGI transport (no server, no model, no network)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
+from mnistops import imaging
 from mnistops.bundle import ONNX_FILE, ModelBundle, ReferenceProfile, load_bundle, write_metadata
 from mnistops.config import Settings
 from mnistops.features import FEATURE_NAMES, IMAGE_PIXELS, NUM_CLASSES
@@ -158,3 +160,16 @@ async def started_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async for started in started_client(app):
         yield started
+
+
+def decode_threads(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
+    """The thread of each image normalised from now on (to see what runs off the loop)."""
+    threads: list[threading.Thread] = []
+    normalise = imaging.normalise_image
+
+    def spy(gray: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread())
+        return normalise(gray)
+
+    monkeypatch.setattr(imaging, "normalise_image", spy)
+    return threads

@@ -138,7 +138,7 @@ async def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_500(
 ) -> None:
     """An aborted upload was counted as a 500 and fed the error-ratio alert."""
     app = make_app()
-    parts = [
+    parts: list[dict[str, object]] = [
         {"type": "http.request", "body": b'{"image": [0.1, 0.2', "more_body": True},
         {"type": "http.disconnect"},
     ]

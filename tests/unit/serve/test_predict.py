@@ -14,8 +14,7 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image, ImageDraw
 
-from mnistops import imaging
-from tests.unit.serve.conftest import MODEL_NAME, started_client
+from tests.unit.serve.conftest import MODEL_NAME, decode_threads, started_client
 
 pytestmark = [pytest.mark.unit, pytest.mark.anyio]
 
@@ -188,24 +187,11 @@ async def test_an_error_message_carries_no_python_object_reprs(client: httpx.Asy
     assert "object at 0x" not in response.json()["error"]
 
 
-def _decode_threads(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
-    """The thread of each image normalised from now on."""
-    threads: list[threading.Thread] = []
-    normalise = imaging.normalise_image
-
-    def spy(gray: np.ndarray) -> np.ndarray:
-        threads.append(threading.current_thread())
-        return normalise(gray)
-
-    monkeypatch.setattr(imaging, "normalise_image", spy)
-    return threads
-
-
 @pytest.mark.parametrize("upload", ["multipart", "raw"])
 async def test_a_large_upload_is_decoded_off_the_event_loop_a_small_one_inline(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, upload: str
 ) -> None:
-    threads = _decode_threads(monkeypatch)
+    threads = decode_threads(monkeypatch)
     for size in (28, 600):  # 784 pixels, then 360,000: over the inline limit
         if upload == "multipart":
             files = {"file": ("digit.png", _png(255, size), "image/png")}
@@ -221,7 +207,7 @@ async def test_a_large_upload_is_decoded_off_the_event_loop_a_small_one_inline(
 async def test_a_tiny_png_of_a_huge_image_is_refused_413_without_decoding(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    threads = _decode_threads(monkeypatch)
+    threads = decode_threads(monkeypatch)
     buffer = io.BytesIO()
     Image.new("1", (6300, 6300)).save(buffer, "PNG")  # 5 KB, 40 million pixels
     headers = {"content-type": "image/png"}

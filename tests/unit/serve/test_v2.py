@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mnistops import imaging
 from mnistops.config import Settings
 from mnistops.ids import ISSUED
 from mnistops.imaging import InputError
@@ -27,7 +26,7 @@ from mnistops.serve import schemas
 from mnistops.serve.inputs import infer_request
 from mnistops.serve.tensors import DATATYPE_TOP, DTYPES, INPUT_NAME
 from mnistops.serve.v2 import OUTPUT_DTYPES
-from tests.unit.serve.conftest import MODEL_NAME, RecordingMonitor, started_client
+from tests.unit.serve.conftest import MODEL_NAME, RecordingMonitor, decode_threads, started_client
 
 pytestmark = [pytest.mark.unit, pytest.mark.anyio]
 
@@ -193,7 +192,7 @@ async def test_png_files_in_a_bytes_tensor_go_through_the_image_pipeline(
 async def test_the_images_of_one_request_share_one_upload_s_pixel_cap(
     make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    decoded = _count_decodes(monkeypatch)
+    decoded = decode_threads(monkeypatch)
     files = [base64.b64encode(_png(0)).decode()] * 2  # 40x40 = 1,600 pixels each
     request = {"inputs": [{"name": "pixels", "shape": [2], "datatype": "BYTES", "data": files}]}
     async for client in started_client(make_app(max_image_pixels=3000)):
@@ -209,23 +208,10 @@ async def test_the_images_of_one_request_share_one_upload_s_pixel_cap(
         assert (await client.post(INFER, json=request)).status_code == 200
 
 
-def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
-    """The thread of each image normalised from now on."""
-    threads: list[threading.Thread] = []
-    normalise = imaging.normalise_image
-
-    def spy(gray: np.ndarray) -> np.ndarray:
-        threads.append(threading.current_thread())
-        return normalise(gray)
-
-    monkeypatch.setattr(imaging, "normalise_image", spy)
-    return threads
-
-
 async def test_encoded_images_are_decoded_off_the_event_loop(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    decoded = _count_decodes(monkeypatch)
+    decoded = decode_threads(monkeypatch)
     files = [base64.b64encode(_png(0)).decode()] * 3
     request = {"inputs": [{"name": "pixels", "shape": [3], "datatype": "BYTES", "data": files}]}
     response = await client.post(INFER, json=request)

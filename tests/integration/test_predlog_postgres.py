@@ -76,10 +76,11 @@ def test_store_outage_loses_no_prediction_and_writing_resumes(
         assert set(send(50, 400)) == {200}
         deadline = time.monotonic() + 20
         written_after: float = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # the rows land, then the counter says so
+            landed = _rows(postgres, "predictions_outage")
             metrics = client.get("/metrics").text
             written_after = _metric(metrics, "mnistops_prediction_log_rows_written_total")
-            if _rows(postgres, "predictions_outage") >= 150:
+            if landed >= 150 and written_after == landed:
                 break
             time.sleep(0.3)
         rows = _rows(postgres, "predictions_outage")

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 LOCK = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev install-ui install-spark lock proto run ui test test-unit test-slow lint bench stress image stack clean help
+.PHONY: install install-dev install-ui install-spark lock proto run ui test test-unit test-slow lint audit bench stress image stack clean help
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -55,11 +55,19 @@ test-unit: install-dev  ## The unit tests only: in process, no training, network
 test-slow: install-dev  ## The full lab recipe and other long tests
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-lint: install-dev  ## ruff, mypy and actionlint
+lint: install-dev  ## ruff, mypy, bandit, actionlint and pip-audit
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/bandit --quiet -c pyproject.toml -r src
 	@if [ -d .github/workflows ]; then $(BIN)/actionlint .github/workflows/*.yml; fi
+	$(MAKE) --no-print-directory audit
+
+# Asks PyPI's JSON API about each pinned version; --strict: a package it cannot ask about
+# fails the audit instead of passing unaudited.
+audit: install-dev  ## Known vulnerabilities in every locked dependency (pip-audit, needs PyPI)
+	$(BIN)/pip-audit --strict --disable-pip --require-hashes --progress-spinner off \
+		$(addprefix -r ,$(wildcard requirements/*.txt))
 
 bench: install-dev  ## Side-by-side benchmarks; writes bench/results.md
 	$(BIN)/python -m bench.run

@@ -32,15 +32,26 @@ def _hashes(html: str, tag: str) -> str:
 
 
 @functools.cache
-def content_security_policy(html: str) -> str:
-    """The policy of a page: its own inline blocks by hash, everything else from here."""
+def content_security_policy(html: str, *, ui_bundle: bool = False) -> str:
+    """The policy of a page: its own inline blocks by hash, everything else from here.
+
+    ``ui_bundle`` is for a page built by a script bundle served from here (the API docs:
+    Swagger UI, ReDoc): scripts from this origin run too, and so do the styles those scripts
+    add at run time and the workers they start from blobs (ReDoc's search).
+    """
+    scripts = _hashes(html, "script")
+    script_src = f"'self' {scripts}".rstrip() if ui_bundle else scripts or NONE
+    # a hash beside 'unsafe-inline' would switch 'unsafe-inline' off: one or the other
+    styles = "'unsafe-inline'" if ui_bundle else _hashes(html, "style")
     return "; ".join(
         [
             "default-src 'self'",
-            f"script-src {_hashes(html, 'script') or NONE}",
-            f"style-src 'self' {_hashes(html, 'style')}".rstrip(),
+            f"script-src {script_src}",
+            f"style-src 'self' {styles}".rstrip(),
             "img-src 'self' data: blob:",
+            "font-src 'self' data:",
             "connect-src 'self'",
+            "worker-src 'self' blob:" if ui_bundle else "worker-src 'none'",
             "frame-ancestors 'none'",
             "base-uri 'none'",
             "form-action 'self'",
@@ -48,7 +59,7 @@ def content_security_policy(html: str) -> str:
     )
 
 
-def html_page(html: str) -> HTMLResponse:
+def html_page(html: str, *, ui_bundle: bool = False) -> HTMLResponse:
     """``html`` with the security headers and its Content-Security-Policy."""
-    headers = {**SECURITY_HEADERS, "Content-Security-Policy": content_security_policy(html)}
-    return HTMLResponse(html, headers=headers)
+    policy = content_security_policy(html, ui_bundle=ui_bundle)
+    return HTMLResponse(html, headers={**SECURITY_HEADERS, "Content-Security-Policy": policy})

@@ -14,6 +14,7 @@ from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
 from mnistops.serve import routes, v2
 from mnistops.serve.batching import MicroBatcher
+from mnistops.serve.docs import add_offline_docs
 from mnistops.serve.http import EXCEPTION_HANDLERS
 from mnistops.serve.limits import BodyLimitMiddleware, SheddingMiddleware
 from mnistops.serve.metrics import MetricsMiddleware, record_batch
@@ -54,7 +55,10 @@ def create_app(
         summary=SUMMARY,
         lifespan=_lifespan(runtime),
         exception_handlers=EXCEPTION_HANDLERS,
+        docs_url=None,  # add_offline_docs: served from here, not a CDN
+        redoc_url=None,
     )
+    add_offline_docs(app)
     app.state.runtime = runtime
     for router in (routes.router, v2.router, monitor_routes):
         if router is not None:

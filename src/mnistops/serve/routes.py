@@ -32,7 +32,7 @@ _PREDICT_BODY: dict[str, Any] = {
         "required": True,
         "description": f"One of: {ACCEPTED_BODIES}.",
         "content": {
-            JSON: {"schema": schemas.PredictRequest.model_json_schema()},
+            JSON: {"schema": schemas.request_schema(schemas.PredictRequest)},
             MULTIPART: {
                 "schema": {
                     "type": "object",

@@ -3,7 +3,7 @@ checks of request bodies are in :mod:`mnistops.serve.inputs`."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -133,3 +133,24 @@ class ServerMetadata(BaseModel):
     name: str
     version: str
     extensions: list[str]
+
+
+def request_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema for a route's ``openapi_extra``, its ``$defs`` inlined: in
+    the OpenAPI document a ``#/$defs/...`` reference would point at the document's root,
+    where there is none (ReDoc and generated clients fail on it)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return inline({**defs[ref.removeprefix("#/$defs/")], **rest})
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return dict(inline(schema))

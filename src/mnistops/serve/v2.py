@@ -219,7 +219,7 @@ _INFER_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            JSON: {"schema": schemas.InferRequest.model_json_schema()},
+            JSON: {"schema": schemas.request_schema(schemas.InferRequest)},
             BINARY: {"schema": {"type": "string", "format": "binary"}},
         },
     },

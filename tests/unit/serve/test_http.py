@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -132,6 +133,32 @@ async def test_openapi_documents_the_bodies(client: httpx.AsyncClient) -> None:
     assert "/v2/models/{name}/infer" in paths
 
 
+async def test_every_reference_in_the_openapi_document_resolves(
+    client: httpx.AsyncClient,
+) -> None:
+    """A ``$ref`` is a JSON pointer from the document's root: one that points nowhere
+    breaks ReDoc and every client generated from the document."""
+    document = (await client.get("/openapi.json")).json()
+
+    def refs(node: object) -> Iterator[str]:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                yield node["$ref"]
+            for value in node.values():
+                yield from refs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from refs(value)
+
+    found = set(refs(document))
+    assert "#/components/schemas/InferResponse" in found
+    for ref in found:
+        target: object = document
+        for part in ref.removeprefix("#/").split("/"):
+            assert isinstance(target, dict) and part in target, f"{ref} points nowhere"
+            target = target[part]
+
+
 @pytest.mark.parametrize("path", ["/predict", "/v2/models/mnist-classifier/infer", "/invocations"])
 async def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_500(
     make_app: Callable[..., FastAPI], path: str
@@ -181,3 +208,24 @@ async def test_the_page_carries_its_security_headers(client: httpx.AsyncClient) 
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["x-frame-options"] == "DENY"
     assert response.headers["referrer-policy"] == "no-referrer"
+
+
+@pytest.mark.parametrize(
+    ("path", "bundle_name"), [("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")]
+)
+async def test_the_api_docs_load_every_asset_from_the_service(
+    client: httpx.AsyncClient, path: str, bundle_name: str
+) -> None:
+    """No CDN: each script, stylesheet and icon the page names is served here."""
+    page = await client.get(path)
+    assert page.status_code == 200
+    assert "http://" not in page.text and "https://" not in page.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert f"/docs-assets/{bundle_name}" in assets
+    for asset in assets:
+        served = await client.get(asset)
+        assert served.status_code == 200 and served.content, asset
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-eval" not in policy
+    assert "frame-ancestors 'none'" in policy and page.headers["x-frame-options"] == "DENY"
+    assert (await client.get("/openapi.json")).json()["info"]["title"] == "mnistops"

@@ -1,9 +1,10 @@
-"""The service under attack: saturating mixed load, overload, hot swaps under load and SIGTERM
-under load, each measured on a real server with wrk; the figures go to docs/reliability.md.
+"""The service under attack: saturating mixed load and a soak, overload, hot swaps under load,
+SIGTERM under load and the prediction log's PostgreSQL stopped under load, each measured on a
+real server with wrk; the figures go to docs/reliability.md.
 
-Run it with ``make stress`` (about six minutes), or alone::
+Run it with ``make stress`` (about 20 minutes), or alone::
 
-    python -m bench.attack [--saturate-seconds 60] [--out docs/reliability.md]
+    python -m bench.attack [--only NAME] [--saturate-seconds 60] [--soak-seconds 600]
 
 Every scenario's short form runs in ``make test`` (the tests named in the document).
 """
@@ -23,7 +24,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,11 +130,14 @@ def _grpc_loop(port: int, stop: threading.Event, outcomes: Counter[str]) -> None
 
 
 # --- scenarios ---------------------------------------------------------------------------
-def saturating(model: Path, seconds: float) -> Figures:
-    """Mixed JSON, PNG, v2 JSON, v2 binary and gRPC at the most the machine takes."""
+def saturating(model: Path, seconds: float, soak_seconds: float) -> Figures:
+    """Mixed JSON, PNG, v2 JSON, v2 binary and gRPC at the most the machine takes, then
+    the HTTP streams at half that rate for ``soak_seconds``."""
     figures = Figures(
-        f"Saturating load: {seconds:g} s of mixed protocols",
-        f"python -m bench.attack --only saturating --saturate-seconds {seconds:g}",
+        f"Saturating load: {seconds:g} s of mixed protocols, then "
+        f"{soak_seconds / 60:g} min at half load",
+        f"python -m bench.attack --only saturating --saturate-seconds {seconds:g} "
+        f"--soak-seconds {soak_seconds:g}",
     )
     grpc_port = free_port()
     server = mnistops_server("attack saturating", model, MNISTOPS_GRPC_PORT=str(grpc_port))
@@ -174,7 +178,61 @@ def saturating(model: Path, seconds: float) -> Figures:
             f"({growth:+.1%}; target within 10 %)",
         ]
         figures.outputs += [r.output for r in runs]
+        if soak_seconds > 0:
+            figures.met &= _soak(figures, process.process.pid, streams, runs, soak_seconds)
     return figures
+
+
+def _soak(
+    figures: Figures,
+    pid: int,
+    streams: list[tuple[str, list[bytes], int, dict[str, str], bool]],
+    saturated: list[load.WrkRun],
+    seconds: float,
+) -> bool:
+    """Each HTTP stream paced at half the rate it reached saturated, for ``seconds``;
+    resident memory sampled every 30 s. Flat: the last sample within 10 % of the first
+    one taken a minute in (after the caches and pools have grown to their working size)."""
+    half = [
+        (url, bodies, c, headers, binary, run.load.rps / 2)
+        for (url, bodies, c, headers, binary), run in zip(streams, saturated, strict=True)
+    ]
+    samples: list[tuple[float, float]] = []
+    with ExitStack() as stack:
+        pending = [
+            stack.enter_context(
+                load.started(
+                    url,
+                    bodies,
+                    connections=c,
+                    seconds=seconds,
+                    headers=headers,
+                    binary=binary,
+                    rate=rate,
+                )
+            )
+            for url, bodies, c, headers, binary, rate in half
+        ]
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < seconds:
+            samples.append((elapsed, tree_rss_mb(pid)))
+            time.sleep(min(30.0, max(0.0, seconds - elapsed)))
+        runs = [p.finish() for p in pending]
+    samples.append((time.monotonic() - started, tree_rss_mb(pid)))
+    base = next((mb for at, mb in samples if at >= 60), samples[0][1])
+    last = samples[-1][1]
+    requests = sum(r.load.requests for r in runs)
+    errors = sum(r.load.bad for r in runs)
+    growth = (last - base) / base
+    series = ", ".join(f"{mb:.0f}" for _, mb in samples[::2])
+    figures.lines += [
+        f"then {seconds / 60:g} min at half that rate (HTTP streams paced by wrk): "
+        f"{requests:,} requests, {errors} errors (target 0)",
+        f"resident memory every minute (MB): {series}; last {last:.0f} MB, "
+        f"{growth:+.1%} from the 1-minute mark (target: flat, within 10 %)",
+    ]
+    figures.outputs += [r.output for r in runs]
+    return errors == 0 and growth <= 0.10
 
 
 @contextmanager
@@ -182,8 +240,6 @@ def contextmanagers(
     streams: list[tuple[str, list[bytes], int, dict[str, str], bool]], seconds: float
 ) -> Iterator[list[load.PendingRun]]:
     """Start one wrk per stream, all at once."""
-    from contextlib import ExitStack
-
     with ExitStack() as stack:
         yield [
             stack.enter_context(
@@ -334,6 +390,91 @@ def sigterm(model: Path, connections: int, seconds: float = 8) -> Figures:
     return figures
 
 
+def _metric(base: str, name: str, *labels: str) -> float:
+    """The sum of a counter's samples on the service's /metrics (those with all ``labels``)."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.findall(rf"^{name}(?:{{([^}}]*)}})? (\S+)$", text, re.MULTILINE)
+    return sum(float(value) for held, value in found if all(lb in held for lb in labels))
+
+
+PREDICTED = ("mnistops_requests_total", 'route="/predict"', 'status="200"')
+
+
+def store_outage(model: Path, seconds: float = 75, outage: float = 30) -> Figures:
+    """The prediction log's PostgreSQL stopped for ``outage`` seconds under load: every
+    prediction answered, each one either written once or counted dropped, writing resumes."""
+    import psycopg
+    from tests.support.postgres import PostgresServer
+
+    figures = Figures(
+        f"Prediction-log store (PostgreSQL) stopped {outage:g} s under load",
+        "python -m bench.attack --only store_outage",
+    )
+    root = WORK / "attack-postgres"
+    shutil.rmtree(root, ignore_errors=True)
+    postgres = PostgresServer(root, free_port()).init()
+    postgres.start()
+    dsn = f"host=127.0.0.1 port={postgres.port} user=postgres dbname=attack"
+
+    def rows() -> tuple[int, int]:
+        with psycopg.connect(dsn) as db:
+            found = db.execute("SELECT count(*), count(DISTINCT request_id) FROM predictions")
+            row = found.fetchone()
+            return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    try:
+        url = postgres.create_database("attack")
+        server = mnistops_server("attack store outage", model, MNISTOPS_PREDICTION_LOG_URL=url)
+        base = server.url.removesuffix("/predict")
+        with running(server):
+            written_before = _metric(base, "mnistops_prediction_log_rows_written_total")
+            with load.started(
+                server.url, [server.body], connections=16, seconds=seconds
+            ) as pending:
+                time.sleep(15)
+                postgres.stop()
+                stopped = time.monotonic()
+                time.sleep(outage)
+                postgres.start()
+                down_s = time.monotonic() - stopped
+                postgres.wait_ready()
+                resumed_at = _metric(base, "mnistops_prediction_log_rows_written_total")
+                run = pending.finish()
+            # the server's own count of predictions answered (wrk does not count those in
+            # flight when it stops), the readiness probe's included
+            predictions = int(_metric(base, *PREDICTED))
+            deadline = time.monotonic() + 60
+            while True:  # the log catches up with what is still queued
+                written = _metric(base, "mnistops_prediction_log_rows_written_total")
+                dropped = _metric(base, "mnistops_prediction_log_rows_dropped_total")
+                if written + dropped >= predictions or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            stored, distinct = rows()
+        figures.met = (
+            run.load.bad == 0
+            and stored + dropped == predictions
+            and stored == distinct
+            and written > resumed_at
+            and written == stored
+        )
+        figures.lines += [
+            f"{run.load.requests:,} requests from wrk at c=16 over {seconds:g} s, the store "
+            f"down for {down_s:.0f} s of them: {run.load.bad} failed (target 0)",
+            f"rows in the table {stored:,} + counted dropped {dropped:,.0f} = "
+            f"{stored + dropped:,.0f}, predictions answered {predictions:,} "
+            f"(target: equal); distinct request ids {distinct:,} (target: no row twice)",
+            f"rows written before the outage's end {resumed_at - written_before:,.0f}, after "
+            f"it {written - resumed_at:,.0f} (target: writing resumes); the written counter "
+            f"{written:,.0f} = rows in the table",
+        ]
+        figures.outputs.append(run.output)
+    finally:
+        postgres.stop()
+    return figures
+
+
 # --- the document ----------------------------------------------------------------------------
 def render(results: list[Figures]) -> str:
     """The measured part of docs/reliability.md."""
@@ -362,13 +503,14 @@ def write(results: list[Figures], path: Path) -> None:
     path.write_text(f"{head}{MEASURED_START}\n{measured}{render(results)}\n{MEASURED_END}{tail}")
 
 
-SCENARIOS = ("saturating", "overload", "hot_swaps", "sigterm_64", "sigterm_256")
+SCENARIOS = ("saturating", "overload", "hot_swaps", "sigterm_64", "sigterm_256", "store_outage")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=SCENARIOS)
     parser.add_argument("--saturate-seconds", type=float, default=60.0)
+    parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=DOC)
     args = parser.parse_args(argv)
     model = export_champion()
@@ -377,11 +519,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in chosen:
         log(f"attack: {name}")
         if name == "saturating":
-            results.append(saturating(model, args.saturate_seconds))
+            results.append(saturating(model, args.saturate_seconds, args.soak_seconds))
         elif name == "overload":
             results.append(overload(model))
         elif name == "hot_swaps":
             results.append(hot_swaps(model))
+        elif name == "store_outage":
+            results.append(store_outage(model))
         else:
             results.append(sigterm(model, int(name.split("_")[1])))
         log("\n".join(results[-1].lines))

@@ -34,7 +34,15 @@ from PIL import Image
 from bench import load
 from bench.servers import free_port, tree_rss_mb
 from bench.serving import Contender, mnistops_server, running
-from bench.workspace import WORK, export_champion, log, sample_image
+from bench.workspace import (
+    WORK,
+    base_env,
+    export_champion,
+    log,
+    mnist_npz,
+    mnistops,
+    sample_image,
+)
 
 DOC = Path(__file__).parents[1] / "docs" / "reliability.md"
 ADMIN_TOKEN = "attack-token"
@@ -475,6 +483,95 @@ def store_outage(model: Path, seconds: float = 75, outage: float = 30) -> Figure
     return figures
 
 
+def tracking_down() -> Figures:
+    """``serve``, ``run``, ``train`` and ``retrain --force`` against a tracking server
+    that refuses connections and one that takes them and never answers: how long each
+    takes to say so, in how many lines, with which exit code."""
+    import socket
+    import subprocess
+    import tempfile
+
+    figures = Figures(
+        "Tracking server down: refusing, and never answering",
+        "python -m bench.attack --only tracking_down",
+    )
+    data = str(mnist_npz().parent)
+    commands = [["serve"], ["run"], ["train", "--epochs", "1"], ["retrain", "--force"]]
+    with socket.socket() as silent, tempfile.TemporaryDirectory() as home:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # connections complete in the kernel; nobody reads them
+        servers = {
+            "refusing": f"http://127.0.0.1:{free_port()}",
+            "never answering": f"http://127.0.0.1:{silent.getsockname()[1]}",
+        }
+        for kind, uri in servers.items():
+            for command in commands:
+                env = base_env(MLFLOW_TRACKING_URI=uri, MNISTOPS_HOME=home, MNISTOPS_MNIST_DIR=data)
+                started = time.monotonic()
+                done = subprocess.run(
+                    mnistops(*command), env=env, capture_output=True, text=True, timeout=300
+                )
+                took = time.monotonic() - started
+                lines = done.stderr.strip().splitlines()
+                trained = list(Path(home).rglob("model.onnx"))
+                ok = done.returncode != 0 and len(lines) == 1 and took <= 15 and not trained
+                figures.met &= ok
+                said = lines[-1] if lines else "(nothing)"
+                figures.lines.append(
+                    f"{kind}, `mnistops {' '.join(command)}`: exit {done.returncode} after "
+                    f"{took:.1f} s (target 15 s), {len(lines)} line(s): {said[:160]}"
+                )
+    return figures
+
+
+def killed_training(epochs: int = 6, limit: int = 20000) -> Figures:
+    """``mnistops train`` killed (SIGKILL) after its first epoch, run again: it resumes,
+    and its accuracy matches a run never killed within 0.2 points."""
+    import subprocess
+    import tempfile
+
+    figures = Figures(
+        f"Training killed mid-run ({epochs} epochs, {limit:,} images)",
+        "python -m bench.attack --only killed_training",
+    )
+    accuracy = re.compile(r"test_accuracy=([0-9.]+)")
+    command = mnistops("train", "--epochs", str(epochs), "--limit", str(limit))
+    data = str(mnist_npz().parent)
+    with tempfile.TemporaryDirectory() as home:
+        env = base_env(
+            MNISTOPS_HOME=home,
+            MNISTOPS_MNIST_DIR=data,
+            MLFLOW_TRACKING_URI=f"sqlite:///{home}/mlflow.db",
+        )
+        child = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        killed_at = 0
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and child.poll() is None:
+            states = list(Path(home).rglob("state.json"))
+            if states and (killed_at := json.loads(states[0].read_text())["epoch"]) >= 1:
+                child.kill()
+                break
+            time.sleep(0.05)
+        child.wait(60)
+        resumed = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        whole = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    said_resume = "Resuming run" in resumed.stdout
+    found = [accuracy.search(done.stdout) for done in (resumed, whole)]
+    if not all(found):
+        raise RuntimeError(f"no test_accuracy in:\n{resumed.stdout}\n{whole.stdout}")
+    a, b = (float(m.group(1)) for m in found if m)
+    figures.met = said_resume and abs(a - b) <= 0.002 and 1 <= killed_at < epochs
+    figures.lines += [
+        f"killed after epoch {killed_at} of {epochs}; the next run resumed from epoch "
+        f"{killed_at + 1}: {said_resume}",
+        f"test accuracy resumed {a:.4f}, never killed {b:.4f}: {abs(a - b) * 100:.2f} points "
+        "apart (target within 0.2)",
+    ]
+    return figures
+
+
 # --- the document ----------------------------------------------------------------------------
 def render(results: list[Figures]) -> str:
     """The measured part of docs/reliability.md."""
@@ -483,9 +580,11 @@ def render(results: list[Figures]) -> str:
         verdict = "met" if figures.met else "NOT met"
         out += [f"### {figures.title} ({verdict})", "", f"`{figures.command}`", ""]
         out += [f"- {line}" for line in figures.lines]
-        out += ["", "<details><summary>wrk</summary>", "", "```"]
-        out += [o.strip() for o in figures.outputs]
-        out += ["```", "", "</details>", ""]
+        out += [""]
+        if figures.outputs:
+            out += ["<details><summary>wrk</summary>", "", "```"]
+            out += [o.strip() for o in figures.outputs]
+            out += ["```", "", "</details>", ""]
     return "\n".join(out)
 
 
@@ -503,7 +602,16 @@ def write(results: list[Figures], path: Path) -> None:
     path.write_text(f"{head}{MEASURED_START}\n{measured}{render(results)}\n{MEASURED_END}{tail}")
 
 
-SCENARIOS = ("saturating", "overload", "hot_swaps", "sigterm_64", "sigterm_256", "store_outage")
+SCENARIOS = (
+    "saturating",
+    "overload",
+    "hot_swaps",
+    "sigterm_64",
+    "sigterm_256",
+    "store_outage",
+    "tracking_down",
+    "killed_training",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -526,6 +634,10 @@ def main(argv: list[str] | None = None) -> None:
             results.append(hot_swaps(model))
         elif name == "store_outage":
             results.append(store_outage(model))
+        elif name == "tracking_down":
+            results.append(tracking_down())
+        elif name == "killed_training":
+            results.append(killed_training())
         else:
             results.append(sigterm(model, int(name.split("_")[1])))
         log("\n".join(results[-1].lines))

@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,7 +25,7 @@ _HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RET
 """MLflow's client retries for minutes by default; a command should say the server is down."""
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 _REASONS = (
-    re.compile(r"\[Errno -?\d+\] [^'\")]+"),  # refused, unknown host: the OS's words
+    re.compile(r"\[Errno -?\d+\] [^'\")>]+"),  # refused, unknown host: the OS's words
     re.compile(r"too many \d{3} error responses"),  # the server kept failing
     re.compile(r"error code \d{3}"),  # something answered, but not as MLflow does
     re.compile(r"timed out"),
@@ -69,6 +72,8 @@ def setup_mlflow(settings: Settings) -> Any:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     for variable, limit in _HTTP_LIMITS.items():
         os.environ.setdefault(variable, limit)
+    for uri in {settings.mlflow_tracking_uri, registry_uri(settings)}:
+        probe(uri)
     # MLflow also writes these URIs into os.environ, where the next Settings() would read
     # them as configuration: keep the environment as the user set it.
     saved = {k: os.environ.get(k) for k in _MLFLOW_ENV}
@@ -81,6 +86,33 @@ def setup_mlflow(settings: Settings) -> Any:
             os.environ[key] = value
     with tracking(settings.mlflow_tracking_uri):
         return MlflowClient()  # opens (and migrates) a database store at once
+
+
+PROBE_TIMEOUT_S = 3.0
+_probed: set[str] = set()
+
+
+def probe(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Once per process, make sure a tracking server at ``uri`` answers at all (its
+    ``/health``), within ``timeout``, with no retries: MLflow's own calls retry with
+    back-off, right for a blip mid-run but 20 s of silence before saying a server is down
+    or hung. Any HTTP answer will do (authentication and the rest are MLflow's to judge).
+
+    Raises:
+        TrackingUnavailableError: no connection, or no answer within ``timeout``.
+    """
+    if not uri.startswith(("http://", "https://")) or uri in _probed:
+        return
+    parts = urllib.parse.urlsplit(uri)
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])  # any user:password@ off
+    health = urllib.parse.urlunsplit(bare).rstrip("/") + "/health"
+    try:  # bandit B310 waived: the scheme was checked to be http or https above
+        urllib.request.urlopen(health, timeout=timeout).close()  # nosec B310
+    except urllib.error.HTTPError:
+        pass  # it answered
+    except (OSError, ValueError) as exc:  # refused, unknown host, timed out, a bad URL
+        raise TrackingUnavailableError(uri, exc) from exc
+    _probed.add(uri)
 
 
 def registry_uri(settings: Settings) -> str:

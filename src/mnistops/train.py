@@ -314,7 +314,7 @@ def _fit(
         validation_data=(splits.x_val, y_val),
         epochs=params.epochs,
         initial_epoch=progress.epoch,
-        callbacks=[_epoch_recorder(model, checkpoint, progress)],
+        callbacks=[_epoch_recorder(model, checkpoint, progress, params.seed)],
         verbose=1 if os.isatty(1) else 2,
     )
     if recipe.weight_average:
@@ -369,13 +369,19 @@ def _distorted(x_fit: np.ndarray, y_fit: np.ndarray, params: TrainParams, first_
     return DistortedDigits()
 
 
-def _epoch_recorder(model: Any, checkpoint: Path, progress: RunProgress) -> Any:
-    """A Keras callback that times each epoch, logs its metrics to MLflow and checkpoints."""
+def _epoch_recorder(model: Any, checkpoint: Path, progress: RunProgress, seed: int) -> Any:
+    """A Keras callback that times each epoch, logs its metrics to MLflow and checkpoints.
+
+    Each epoch also starts numpy's global generator from (``seed``, epoch): Keras draws an
+    epoch's shuffle from it, so epoch ``e`` sees the same order whether the run began at
+    epoch 0 or resumed from a checkpoint (else a resumed run replays the first epochs'
+    orders)."""
     import keras
     import mlflow
 
     class EpochRecorder(keras.callbacks.Callback):  # type: ignore[misc]  # Keras ships no types
         def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            np.random.seed([seed, epoch])  # Keras shuffles with the global generator
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:

@@ -4,7 +4,9 @@ servable folder."""
 
 from __future__ import annotations
 
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,11 @@ def test_unreachable_service_is_one_line(
         assert f"cannot reach the service at {url}" in line
 
 
-@pytest.mark.parametrize("command", [["models"], ["export"], ["serve"], ["run"]])
+COMMANDS = [["models"], ["export"], ["serve"], ["run"], ["train", "--epochs", "1"]]
+COMMANDS += [["retrain", "--force"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_unreachable_tracking_server_is_reported_as_such(
     command: list[str], tmp_path: Path, mnist_dir: Path, free_port: int
 ) -> None:
@@ -69,3 +75,33 @@ def test_export_writes_a_servable_folder(
     assert files == ["metadata.json", "model.int8.onnx", "model.onnx", "reference.npz"]
     result = runner.invoke(app, ["export", "models:/mnist-classifier@nope", "--out", str(out)])
     assert result.exit_code == 1 and "no alias @nope" in result.output
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A tracking server that takes connections and never answers (a hung process)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)  # the kernel completes connections; nobody ever reads them
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("command", [["serve"], ["run"], ["train", "--epochs", "1"]])
+def test_a_tracking_server_that_never_answers_is_reported_as_such(
+    command: list[str], tmp_path: Path, mnist_dir: Path, silent_server: str
+) -> None:
+    env = {
+        "MLFLOW_TRACKING_URI": silent_server,
+        "MNISTOPS_HOME": str(tmp_path),
+        "MNISTOPS_MNIST_DIR": str(mnist_dir),
+    }
+    started = time.monotonic()
+    done = mnistops_process(*command, env=env)
+    assert time.monotonic() - started < FAST
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "no champion" not in done.stdout
+    assert done.stderr.splitlines() == [
+        f"error: MLflow tracking server {silent_server} is unreachable or failing (timed out); "
+        "start it, or point MLFLOW_TRACKING_URI at a working one"
+    ]
+    assert not list(tmp_path.rglob("model.onnx"))  # nothing trained, nothing half-registered

@@ -162,6 +162,9 @@ def test_killed_training_resumes_from_last_epoch(
     history = client.get_metric_history(killed_at["run_id"], "accuracy")
     assert sorted({m.step for m in history}) == [1, 2, 3, 4, 5, 6]
     assert not list(states.glob("*/state.json")), "checkpoint kept after a finished run"
+    resumed = client.get_run(killed_at["run_id"]).data.metrics["test_accuracy"]
+    whole = train(settings, TrainParams.for_recipe(epochs=6, limit=20000), log=lambda _: None)
+    assert abs(resumed - whole.test_accuracy) <= 0.002  # within 0.2 points of a run never killed
 
 
 @pytest.mark.slow

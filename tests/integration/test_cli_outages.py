@@ -40,20 +40,26 @@ def test_unreachable_tracking_server_is_reported_as_such(
     command: list[str], tmp_path: Path, mnist_dir: Path, free_port: int
 ) -> None:
     uri = f"http://127.0.0.1:{free_port}"
-    env = {
-        "MLFLOW_TRACKING_URI": uri,
-        "MNISTOPS_HOME": str(tmp_path),
-        "MNISTOPS_MNIST_DIR": str(mnist_dir),
-    }
+    _says_tracking_is_down(command, uri, "[Errno 111] Connection refused", tmp_path, mnist_dir)
+
+
+def _says_tracking_is_down(
+    command: list[str], uri: str, reason: str, home: Path, mnist_dir: Path
+) -> None:
+    """``mnistops COMMAND`` against the tracking server at ``uri`` fails fast, in one line
+    naming the server and ``reason``, with nothing trained or registered."""
+    env = {"MLFLOW_TRACKING_URI": uri, "MNISTOPS_HOME": str(home)}
+    env["MNISTOPS_MNIST_DIR"] = str(mnist_dir)
     started = time.monotonic()
     done = mnistops_process(*command, env=env)
     assert time.monotonic() - started < FAST
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr and "no champion" not in done.stdout
     assert done.stderr.splitlines() == [
-        f"error: MLflow tracking server {uri} is unreachable or failing "
-        "([Errno 111] Connection refused); start it, or point MLFLOW_TRACKING_URI at a working one"
+        f"error: MLflow tracking server {uri} is unreachable or failing ({reason}); "
+        "start it, or point MLFLOW_TRACKING_URI at a working one"
     ]
+    assert not list(home.rglob("model.onnx"))  # nothing trained, nothing half-registered
 
 
 def test_promote_unknown_version_is_a_clear_error(
@@ -90,18 +96,4 @@ def silent_server() -> Iterator[str]:
 def test_a_tracking_server_that_never_answers_is_reported_as_such(
     command: list[str], tmp_path: Path, mnist_dir: Path, silent_server: str
 ) -> None:
-    env = {
-        "MLFLOW_TRACKING_URI": silent_server,
-        "MNISTOPS_HOME": str(tmp_path),
-        "MNISTOPS_MNIST_DIR": str(mnist_dir),
-    }
-    started = time.monotonic()
-    done = mnistops_process(*command, env=env)
-    assert time.monotonic() - started < FAST
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr and "no champion" not in done.stdout
-    assert done.stderr.splitlines() == [
-        f"error: MLflow tracking server {silent_server} is unreachable or failing (timed out); "
-        "start it, or point MLFLOW_TRACKING_URI at a working one"
-    ]
-    assert not list(tmp_path.rglob("model.onnx"))  # nothing trained, nothing half-registered
+    _says_tracking_is_down(command, silent_server, "timed out", tmp_path, mnist_dir)

@@ -18,6 +18,9 @@ import os
 import re
 import shutil
 import signal
+import socket
+import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -201,26 +204,9 @@ def _soak(
     """Each HTTP stream paced at half the rate it reached saturated, for ``seconds``;
     resident memory sampled every 30 s. Flat: the last sample within 10 % of the first
     one taken a minute in (after the caches and pools have grown to their working size)."""
-    half = [
-        (url, bodies, c, headers, binary, run.load.rps / 2)
-        for (url, bodies, c, headers, binary), run in zip(streams, saturated, strict=True)
-    ]
     samples: list[tuple[float, float]] = []
-    with ExitStack() as stack:
-        pending = [
-            stack.enter_context(
-                load.started(
-                    url,
-                    bodies,
-                    connections=c,
-                    seconds=seconds,
-                    headers=headers,
-                    binary=binary,
-                    rate=rate,
-                )
-            )
-            for url, bodies, c, headers, binary, rate in half
-        ]
+    half = [run.load.rps / 2 for run in saturated]
+    with contextmanagers(streams, seconds, half) as pending:
         started = time.monotonic()
         while (elapsed := time.monotonic() - started) < seconds:
             samples.append((elapsed, tree_rss_mb(pid)))
@@ -245,17 +231,26 @@ def _soak(
 
 @contextmanager
 def contextmanagers(
-    streams: list[tuple[str, list[bytes], int, dict[str, str], bool]], seconds: float
+    streams: list[tuple[str, list[bytes], int, dict[str, str], bool]],
+    seconds: float,
+    rates: list[float] | None = None,
 ) -> Iterator[list[load.PendingRun]]:
-    """Start one wrk per stream, all at once."""
+    """Start one wrk per stream, all at once; ``rates`` paces each (requests/s)."""
+    paces = rates or [0.0] * len(streams)
     with ExitStack() as stack:
         yield [
             stack.enter_context(
                 load.started(
-                    url, bodies, connections=c, seconds=seconds, headers=headers, binary=binary
+                    url,
+                    bodies,
+                    connections=c,
+                    seconds=seconds,
+                    rate=rate,
+                    headers=headers,
+                    binary=binary,
                 )
             )
-            for url, bodies, c, headers, binary in streams
+            for (url, bodies, c, headers, binary), rate in zip(streams, paces, strict=True)
         ]
 
 
@@ -487,10 +482,6 @@ def tracking_down() -> Figures:
     """``serve``, ``run``, ``train`` and ``retrain --force`` against a tracking server
     that refuses connections and one that takes them and never answers: how long each
     takes to say so, in how many lines, with which exit code."""
-    import socket
-    import subprocess
-    import tempfile
-
     figures = Figures(
         "Tracking server down: refusing, and never answering",
         "python -m bench.attack --only tracking_down",
@@ -527,9 +518,6 @@ def tracking_down() -> Figures:
 def killed_training(epochs: int = 6, limit: int = 20000) -> Figures:
     """``mnistops train`` killed (SIGKILL) after its first epoch, run again: it resumes,
     and its accuracy matches a run never killed within 0.2 points."""
-    import subprocess
-    import tempfile
-
     figures = Figures(
         f"Training killed mid-run ({epochs} epochs, {limit:,} images)",
         "python -m bench.attack --only killed_training",

@@ -29,6 +29,7 @@ from uvicorn.server import ServerState
 from mnistops.bundle import ModelBundle
 from mnistops.config import Settings
 from mnistops.errors import MnistopsError, ServeError, first_line
+from mnistops.serve.accept import Acceptor
 from mnistops.serve.app import create_app  # this module runs the process: the one caller
 
 if TYPE_CHECKING:
@@ -323,23 +324,47 @@ def draining_server(app: FastAPI, settings: Settings, *, worker: bool = False) -
         failure: ServeError | None = None
         """Why the server stopped as soon as it started (the gRPC port was taken)."""
 
+        acceptors: tuple[Acceptor, ...] = ()
+        listeners: tuple[socket.socket, ...] = ()
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             _freeze_heap()
-            await super().startup(sockets)
+            await super().startup([])  # the lifespan; connections come through acceptors
             _reload_on_hangup(runtime)
-            if grpc_server is None or self.should_exit:
-                return
             try:
-                await grpc_server.start()
+                self._accept_on(sockets)
+                if grpc_server is not None and not self.should_exit:
+                    await grpc_server.start()
             except ServeError as exc:
                 self.failure, self.should_exit = exc, True
 
+        def _accept_on(self, sockets: list[socket.socket] | None) -> None:
+            """Accept in batches (``serve.accept``) on ``sockets``, or on a socket bound
+            to the configured address."""
+            if sockets is None:
+                sock = _bound(settings.host, settings.port, "--port")
+                sock.listen(self.config.backlog)
+                sockets = [sock]
+            config, loop = self.config, asyncio.get_running_loop()
+
+            def protocol() -> asyncio.Protocol:
+                return config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=self.server_state, app_state=self.lifespan.state
+                )
+
+            self.acceptors = tuple(Acceptor(loop, sock, protocol) for sock in sockets)
+            self.listeners = tuple(sockets)
+            for acceptor in self.acceptors:
+                acceptor.start()
+
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            for acceptor in self.acceptors:
+                acceptor.stop()
             if grpc_server is not None:
                 # gRPC drains beside HTTP; the model and monitor stop after both
                 draining = asyncio.ensure_future(grpc_server.stop(settings.grace_period_s))
                 runtime.finish_before_stop(draining)
-            await super().shutdown(sockets)
+            await super().shutdown(list(self.listeners) if self.acceptors else sockets)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             runtime.ready = False  # readiness probes fail from this moment

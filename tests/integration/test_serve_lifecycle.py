@@ -162,3 +162,26 @@ def test_sigterm_under_keep_alive_load_answers_every_request_already_sent(
         assert load.outcomes["200"] > 50, load.outcomes
         # a request sent is answered; only a new connection, after the socket closed, is refused
         assert set(load.outcomes) <= {"200", "ConnectError"}, load.outcomes
+
+
+def test_sighup_finding_a_corrupt_version_says_so_in_one_line_and_serves_on(
+    trained_bundle: ModelBundle, tmp_path: Path
+) -> None:
+    import json
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained_bundle.path, folder)
+    with run_server(str(folder), free_port(), tmp_path / "home") as server:
+        client = server.client()
+        meta = json.loads((folder / "metadata.json").read_text())
+        (folder / "metadata.json").write_text(json.dumps({**meta, "version": "2"}))
+        (folder / "model.onnx").write_bytes(b"not an ONNX model")
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "not swapped in" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        answer = client.post("/predict", json={"image": [0] * 784})
+        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+        said = [line for line in server.log().splitlines() if "not swapped in" in line]
+        assert len(said) == 1 and "still serving version 1" in said[0], server.log()
+        assert "Traceback" not in server.log(), server.log()

@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from mnistops.bundle import ModelBundle
+from mnistops.bundle import BundleError, ModelBundle
 from mnistops.config import Settings
 from mnistops.errors import MnistopsError, ReloadError, first_line
 from mnistops.predictor import Predictor
@@ -69,14 +69,18 @@ class ModelSlot:
             (changed, message).
 
         Raises:
-            ReloadError: the version found cannot be loaded (a corrupt or incomplete
-                folder): the version served before goes on serving.
+            ReloadError: no version is found where the URI points, or the one found
+                cannot be loaded (a corrupt or incomplete folder): the version served
+                before goes on serving.
         """
-        from mnistops.registry import resolve
+        from mnistops.registry import RegistryError, resolve
 
         with self._lock:
-            bundle = resolve(self.settings.model_uri, self.settings)
             old = self._current
+            try:
+                bundle = resolve(self.settings.model_uri, self.settings)
+            except (RegistryError, BundleError) as exc:
+                raise ReloadError(f"{exc}; still serving version {old.version}") from exc
             if bundle.version == old.version and bundle.path == old.bundle.path:
                 return False, f"already serving version {old.version}"
             try:

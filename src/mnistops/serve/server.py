@@ -421,8 +421,16 @@ def _reload_on_hangup(runtime: Runtime) -> None:
     async def reload() -> None:
         try:
             _, message = await asyncio.to_thread(runtime.slot.reload)
-        except Exception:  # a failed reload keeps serving; a message says why
-            log.exception("reload failed; still serving version %s", runtime.slot.current.version)
+        except MnistopsError as exc:  # says why, and that the old version serves on
+            log.warning("SIGHUP: %s", exc)
+            return
+        # the registry's client raises anything from network to SQL errors: a failed
+        # reload keeps serving, said in one line
+        except Exception as exc:  # noqa: BLE001
+            served = runtime.slot.current.version
+            log.warning(
+                "SIGHUP: reload failed (%s); still serving version %s", first_line(exc), served
+            )
             return
         log.warning("SIGHUP: %s", message)
 

@@ -71,6 +71,22 @@ def test_a_corrupt_version_found_on_reload_is_refused_and_the_old_one_serves_on(
     assert slot.current.version == "1"
 
 
+def test_a_reload_that_finds_no_version_is_refused_as_a_conflict_and_the_old_one_serves_on(
+    tmp_path: Path, bundle: ModelBundle
+) -> None:
+    # the configured folder is gone: the operator's state, not the client's request (a 409
+    # with the version still served, not a 400)
+    settings = Settings(home=tmp_path / "home", model_uri=str(tmp_path / "gone"), monitoring=False)
+    slot = ModelSlot(settings, MeanPixelPredictor(bundle))
+    with pytest.raises(ReloadError) as refused:
+        slot.reload()
+    assert refused.value.http_status == 409
+    message = str(refused.value)
+    assert message.endswith("; still serving version 1") and "\n" not in message
+    assert str(tmp_path / "gone") in message
+    assert slot.current.version == "1"
+
+
 def test_polling_says_once_in_one_line_that_a_found_version_is_unusable(
     tmp_path: Path, bundle: ModelBundle, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:

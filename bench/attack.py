@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -278,7 +279,7 @@ def overload(model: Path, seconds: float = 20) -> Figures:
 
         def probe() -> None:
             # one keep-alive connection, as a client of the service holds one
-            port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+            port = urllib.parse.urlsplit(server.url).port
             connection = http.client.HTTPConnection(LOOPBACK, port, timeout=15)
             while not stop.is_set():
                 started = time.perf_counter()
@@ -605,17 +606,22 @@ def _kill_mid_epoch(child: subprocess.Popen[bytes], home: Path, deadline_s: floa
     finished: dict[int, float] = {}
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline and child.poll() is None and 2 not in finished:
-        state = next(home.rglob("state.json"), None)
-        with contextlib.suppress(OSError, ValueError, KeyError):  # written as it is read
-            if state is not None:
-                finished.setdefault(json.loads(state.read_text())["epoch"], time.monotonic())
+        finished.setdefault(_epochs_finished(home), time.monotonic())
         time.sleep(0.01)
     if 1 in finished and 2 in finished:
         time.sleep((finished[2] - finished[1]) / 2)
     child.kill()
     child.wait(60)
-    states = list(home.rglob("state.json"))
-    return int(json.loads(states[0].read_text())["epoch"]) if states else 0
+    return _epochs_finished(home)
+
+
+def _epochs_finished(home: Path) -> int:
+    """The epochs a training run under ``home`` has checkpointed (0 before the first, or
+    while its state file is being written)."""
+    state = next(home.rglob("state.json"), None)
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return int(json.loads(state.read_text())["epoch"]) if state is not None else 0
+    return 0
 
 
 # --- the document ----------------------------------------------------------------------------

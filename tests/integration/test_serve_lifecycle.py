@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import threading
@@ -167,8 +168,6 @@ def test_sigterm_under_keep_alive_load_answers_every_request_already_sent(
 def test_sighup_finding_a_corrupt_version_says_so_in_one_line_and_serves_on(
     trained_bundle: ModelBundle, tmp_path: Path
 ) -> None:
-    import json
-
     folder = tmp_path / "model"
     shutil.copytree(trained_bundle.path, folder)
     with run_server(str(folder), free_port(), tmp_path / "home") as server:

@@ -364,7 +364,7 @@ def draining_server(app: FastAPI, settings: Settings, *, worker: bool = False) -
                 # gRPC drains beside HTTP; the model and monitor stop after both
                 draining = asyncio.ensure_future(grpc_server.stop(settings.grace_period_s))
                 runtime.finish_before_stop(draining)
-            await super().shutdown(list(self.listeners) if self.acceptors else sockets)
+            await super().shutdown(list(self.listeners) or sockets)  # closes them
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             runtime.ready = False  # readiness probes fail from this moment
